@@ -46,7 +46,8 @@ export function normaliseHost(key: string): string {
   let h = key.trim().replace(/^[a-z]+:\/\//i, '');
   h = h.split('/')[0] ?? h;
   h = h.toLowerCase();
-  if (h === 'index.docker.io' || h === 'registry-1.docker.io' || h === 'registry.hub.docker.com') return 'docker.io';
+  if (h === 'index.docker.io' || h === 'registry-1.docker.io' || h === 'registry.hub.docker.com')
+    return 'docker.io';
   return h;
 }
 
@@ -74,13 +75,18 @@ export function parseDockerConfig(json: string): StaticCredentials {
     if (typeof e.auth === 'string' && e.auth.length > 0) {
       const decoded = Buffer.from(e.auth, 'base64').toString('utf8');
       const i = decoded.indexOf(':');
-      if (i < 0) throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `docker config: auth for ${host} is not base64(user:password)`);
+      if (i < 0)
+        throw new PrewarmError(
+          ErrorCodes.INVALID_CONFIG,
+          `docker config: auth for ${host} is not base64(user:password)`,
+        );
       cred.username = decoded.slice(0, i);
       cred.password = decoded.slice(i + 1);
     }
     if (typeof e.username === 'string') cred.username = e.username;
     if (typeof e.password === 'string') cred.password = e.password;
-    if (typeof e.identitytoken === 'string' && e.identitytoken.length > 0) cred.identityToken = e.identitytoken;
+    if (typeof e.identitytoken === 'string' && e.identitytoken.length > 0)
+      cred.identityToken = e.identitytoken;
     creds.set(host, cred);
   }
   return creds;

@@ -3,7 +3,13 @@ import { Agent, type Dispatcher, request } from 'undici';
 import { basicHeader, type Challenge, type CredentialProvider, parseChallenge } from './auth.js';
 import { type Digest, isDigest, sha256 } from './digest.js';
 import { type ErrorCode, ErrorCodes, PrewarmError } from './errors.js';
-import { type ImageManifest, type Manifest, MAX_MANIFEST_BYTES, parseManifest, selectPlatform } from './manifest.js';
+import {
+  type ImageManifest,
+  MAX_MANIFEST_BYTES,
+  type Manifest,
+  parseManifest,
+  selectPlatform,
+} from './manifest.js';
 import { MANIFEST_ACCEPT } from './media-types.js';
 import type { Platform } from './platform.js';
 import { type ImageReference, manifestReference, registryEndpointHost } from './reference.js';
@@ -129,7 +135,8 @@ export class RegistryClient {
     this.#opts = opts;
     this.#ownsDispatcher = opts.dispatcher === undefined;
     this.#dispatcher =
-      opts.dispatcher ?? new Agent({ keepAliveTimeout: 30_000, connections: null, pipelining: 1, connect: { timeout: 10_000 } });
+      opts.dispatcher ??
+      new Agent({ keepAliveTimeout: 30_000, connections: null, pipelining: 1, connect: { timeout: 10_000 } });
   }
 
   async close(): Promise<void> {
@@ -148,7 +155,10 @@ export class RegistryClient {
    * to GET and hashing when the registry sends no digest header. A digest reference
    * resolves to itself without a request.
    */
-  async resolve(ref: ImageReference, signal?: AbortSignal): Promise<{ digest: Digest; mediaType?: string; size?: number }> {
+  async resolve(
+    ref: ImageReference,
+    signal?: AbortSignal,
+  ): Promise<{ digest: Digest; mediaType?: string; size?: number }> {
     if (ref.digest) return { digest: ref.digest };
     const reference = manifestReference(ref);
     const head = await withRetry(
@@ -163,7 +173,8 @@ export class RegistryClient {
         });
         await res.body.dump();
         if (res.statusCode === 405 || res.statusCode === 400) return undefined;
-        if (res.statusCode !== 200) throw await this.#statusError(res, ErrorCodes.MANIFEST_UNKNOWN, `HEAD manifest ${reference}`);
+        if (res.statusCode !== 200)
+          throw await this.#statusError(res, ErrorCodes.MANIFEST_UNKNOWN, `HEAD manifest ${reference}`);
         const dcd = header(res.headers, 'docker-content-digest');
         if (!isDigest(dcd)) return undefined;
         const size = Number(header(res.headers, 'content-length'));
@@ -186,7 +197,11 @@ export class RegistryClient {
    * fetched by digest (or when the registry sent `Docker-Content-Digest`) the hash must
    * match, else PW_ERR_DIGEST_MISMATCH.
    */
-  async fetchManifest(ref: ImageReference, reference = manifestReference(ref), signal?: AbortSignal): Promise<FetchedManifest> {
+  async fetchManifest(
+    ref: ImageReference,
+    reference = manifestReference(ref),
+    signal?: AbortSignal,
+  ): Promise<FetchedManifest> {
     return withRetry(
       async () => {
         const res = await this.#send({
@@ -197,19 +212,27 @@ export class RegistryClient {
           headers: { accept: MANIFEST_ACCEPT },
           signal,
         });
-        if (res.statusCode !== 200) throw await this.#statusError(res, ErrorCodes.MANIFEST_UNKNOWN, `GET manifest ${reference}`);
+        if (res.statusCode !== 200)
+          throw await this.#statusError(res, ErrorCodes.MANIFEST_UNKNOWN, `GET manifest ${reference}`);
         const declared = Number(header(res.headers, 'content-length'));
         if (Number.isFinite(declared) && declared > MAX_MANIFEST_BYTES) {
           res.body.destroy();
-          throw new PrewarmError(ErrorCodes.MANIFEST_TOO_LARGE, `manifest ${reference} is ${declared} bytes, limit ${MAX_MANIFEST_BYTES}`);
+          throw new PrewarmError(
+            ErrorCodes.MANIFEST_TOO_LARGE,
+            `manifest ${reference} is ${declared} bytes, limit ${MAX_MANIFEST_BYTES}`,
+          );
         }
         const bytes = await readCapped(res.body, MAX_MANIFEST_BYTES, `manifest ${reference}`);
         const digest = sha256(bytes);
         const expected = isDigest(reference) ? reference : header(res.headers, 'docker-content-digest');
         if (isDigest(expected) && expected !== digest) {
-          throw new PrewarmError(ErrorCodes.DIGEST_MISMATCH, `manifest ${reference}: expected ${expected}, got ${digest}`, {
-            detail: { expected, actual: digest },
-          });
+          throw new PrewarmError(
+            ErrorCodes.DIGEST_MISMATCH,
+            `manifest ${reference}: expected ${expected}, got ${digest}`,
+            {
+              detail: { expected, actual: digest },
+            },
+          );
         }
         const contentType = header(res.headers, 'content-type');
         const manifest = parseManifest(bytes, contentType);
@@ -291,9 +314,13 @@ export class RegistryClient {
       if (REDIRECTS.has(res.statusCode)) {
         const location = header(res.headers, 'location');
         await res.body.dump();
-        if (!location) throw new PrewarmError(ErrorCodes.REGISTRY_ERROR, `redirect without Location from ${redact(url)}`);
+        if (!location)
+          throw new PrewarmError(ErrorCodes.REGISTRY_ERROR, `redirect without Location from ${redact(url)}`);
         if (++hop > maxRedirects) {
-          throw new PrewarmError(ErrorCodes.TOO_MANY_REDIRECTS, `more than ${maxRedirects} redirects for ${o.path}`);
+          throw new PrewarmError(
+            ErrorCodes.TOO_MANY_REDIRECTS,
+            `more than ${maxRedirects} redirects for ${o.path}`,
+          );
         }
         url = new URL(location, url);
         continue;
@@ -308,7 +335,9 @@ export class RegistryClient {
           url = new URL(o.path, base);
           continue;
         }
-        throw new PrewarmError(ErrorCodes.AUTH_DENIED, `${o.host}: 401 without a usable challenge`, { status: 401 });
+        throw new PrewarmError(ErrorCodes.AUTH_DENIED, `${o.host}: 401 without a usable challenge`, {
+          status: 401,
+        });
       }
       return res;
     }
@@ -321,7 +350,11 @@ export class RegistryClient {
     const cred = this.#opts.credentials?.get(host);
     if (challenge.scheme === 'basic') {
       if (!cred?.username && !cred?.password) {
-        throw new PrewarmError(ErrorCodes.AUTH_DENIED, `${host} requires credentials and none are configured`, { status: 401 });
+        throw new PrewarmError(
+          ErrorCodes.AUTH_DENIED,
+          `${host} requires credentials and none are configured`,
+          { status: 401 },
+        );
       }
       return basicHeader(cred);
     }
@@ -330,7 +363,9 @@ export class RegistryClient {
     if (cached && cached.expiresAt > Date.now()) return `Bearer ${cached.token}`;
     let flight = this.#tokenFlights.get(key);
     if (!flight) {
-      flight = this.#fetchToken(host, repository, challenge, signal).finally(() => this.#tokenFlights.delete(key));
+      flight = this.#fetchToken(host, repository, challenge, signal).finally(() =>
+        this.#tokenFlights.delete(key),
+      );
       this.#tokenFlights.set(key, flight);
     }
     const entry = await flight;
@@ -346,7 +381,12 @@ export class RegistryClient {
     this.#tokens.delete(this.#tokenKey(host, repository));
   }
 
-  async #fetchToken(host: string, repository: string, challenge: Challenge, signal?: AbortSignal): Promise<TokenEntry> {
+  async #fetchToken(
+    host: string,
+    repository: string,
+    challenge: Challenge,
+    signal?: AbortSignal,
+  ): Promise<TokenEntry> {
     const realm = challenge.params.realm;
     if (!realm) throw new PrewarmError(ErrorCodes.AUTH_FAILED, `${host}: bearer challenge without realm`);
     let tokenUrl: URL;
@@ -364,14 +404,26 @@ export class RegistryClient {
     const headers: Record<string, string> = { 'user-agent': this.#opts.userAgent ?? 'kube-prewarm/0.1' };
     if (cred?.identityToken) {
       // Refresh tokens are exchanged with a POST (OAuth2 grant), per the distribution token spec.
-      return this.#postRefreshToken(tokenUrl, cred.identityToken, challenge.params.service ?? '', repository, signal);
+      return this.#postRefreshToken(
+        tokenUrl,
+        cred.identityToken,
+        challenge.params.service ?? '',
+        repository,
+        signal,
+      );
     }
     if (cred?.username || cred?.password) headers.authorization = basicHeader(cred);
     return withRetry(
       async () => {
         let res: Dispatcher.ResponseData;
         try {
-          res = await request(tokenUrl, { method: 'GET', headers, dispatcher: this.#dispatcher, signal, headersTimeout: 30_000 });
+          res = await request(tokenUrl, {
+            method: 'GET',
+            headers,
+            dispatcher: this.#dispatcher,
+            signal,
+            headersTimeout: 30_000,
+          });
         } catch (err) {
           throw toNetworkError(err, `token request to ${tokenUrl.origin}`);
         }
@@ -382,7 +434,13 @@ export class RegistryClient {
     );
   }
 
-  async #postRefreshToken(url: URL, refresh: string, service: string, repository: string, signal?: AbortSignal): Promise<TokenEntry> {
+  async #postRefreshToken(
+    url: URL,
+    refresh: string,
+    service: string,
+    repository: string,
+    signal?: AbortSignal,
+  ): Promise<TokenEntry> {
     const form = new URLSearchParams({
       grant_type: 'refresh_token',
       refresh_token: refresh,
@@ -408,9 +466,13 @@ export class RegistryClient {
   async #readToken(res: Dispatcher.ResponseData, host: string): Promise<TokenEntry> {
     if (res.statusCode === 401 || res.statusCode === 403) {
       await res.body.dump();
-      throw new PrewarmError(ErrorCodes.AUTH_DENIED, `${host}: token endpoint refused the credentials (${res.statusCode})`, {
-        status: res.statusCode,
-      });
+      throw new PrewarmError(
+        ErrorCodes.AUTH_DENIED,
+        `${host}: token endpoint refused the credentials (${res.statusCode})`,
+        {
+          status: res.statusCode,
+        },
+      );
     }
     if (res.statusCode !== 200) {
       await res.body.dump();
@@ -425,7 +487,12 @@ export class RegistryClient {
     } catch (err) {
       throw new PrewarmError(ErrorCodes.AUTH_FAILED, `${host}: token response is not JSON`, { cause: err });
     }
-    const token = typeof doc.token === 'string' ? doc.token : typeof doc.access_token === 'string' ? doc.access_token : undefined;
+    const token =
+      typeof doc.token === 'string'
+        ? doc.token
+        : typeof doc.access_token === 'string'
+          ? doc.access_token
+          : undefined;
     if (!token) throw new PrewarmError(ErrorCodes.AUTH_FAILED, `${host}: token response has no token`);
     // The spec's default lifetime is 60 s; renew 10 s early so in-flight chunks never race expiry.
     const lifetime = typeof doc.expires_in === 'number' && doc.expires_in > 0 ? doc.expires_in : 60;
@@ -446,7 +513,9 @@ export class RegistryClient {
     const suffix = message ? ` (${message})` : '';
     if (status === 404) return new PrewarmError(notFound, `${what}: not found${suffix}`, { status });
     if (status === 401 || status === 403) {
-      return new PrewarmError(ErrorCodes.AUTH_DENIED, `${what}: access denied (${status})${suffix}`, { status });
+      return new PrewarmError(ErrorCodes.AUTH_DENIED, `${what}: access denied (${status})${suffix}`, {
+        status,
+      });
     }
     const retryAfterMs = parseRetryAfter(res.headers['retry-after']);
     return new PrewarmError(ErrorCodes.REGISTRY_ERROR, `${what}: registry answered ${status}${suffix}`, {
@@ -468,7 +537,12 @@ function redact(url: URL): string {
 }
 
 /** Reads a body into memory, failing past `limit` bytes (or truncating when `truncate`). */
-export async function readCapped(body: AsyncIterable<Buffer>, limit: number, what: string, truncate = false): Promise<Buffer> {
+export async function readCapped(
+  body: AsyncIterable<Buffer>,
+  limit: number,
+  what: string,
+  truncate = false,
+): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
   for await (const chunk of body) {

@@ -17,9 +17,13 @@ export function isDigest(value: unknown): value is Digest {
  */
 export function parseDigest(value: string): Digest {
   if (!isDigest(value)) {
-    throw new PrewarmError(ErrorCodes.INVALID_DIGEST, `invalid digest ${JSON.stringify(value.slice(0, 100))}`, {
-      status: 400,
-    });
+    throw new PrewarmError(
+      ErrorCodes.INVALID_DIGEST,
+      `invalid digest ${JSON.stringify(value.slice(0, 100))}`,
+      {
+        status: 400,
+      },
+    );
   }
   return value;
 }

@@ -67,7 +67,14 @@ export interface PrewarmJobData {
   trigger: string;
 }
 
-export type PrewarmPhase = 'queued' | 'resolving' | 'fetching' | 'startup-ready' | 'warm' | 'unpacked' | 'failed';
+export type PrewarmPhase =
+  | 'queued'
+  | 'resolving'
+  | 'fetching'
+  | 'startup-ready'
+  | 'warm'
+  | 'unpacked'
+  | 'failed';
 
 /** Reported with `job.updateProgress`; always monotonic in `bytesDone` and phase order. */
 export interface PrewarmJobProgress {

@@ -70,7 +70,10 @@ function parseDescriptor(v: unknown, where: string): Descriptor {
  */
 export function parseManifest(bytes: Uint8Array, contentType?: string): Manifest {
   if (bytes.byteLength > MAX_MANIFEST_BYTES) {
-    throw new PrewarmError(ErrorCodes.MANIFEST_TOO_LARGE, `manifest is ${bytes.byteLength} bytes, limit ${MAX_MANIFEST_BYTES}`);
+    throw new PrewarmError(
+      ErrorCodes.MANIFEST_TOO_LARGE,
+      `manifest is ${bytes.byteLength} bytes, limit ${MAX_MANIFEST_BYTES}`,
+    );
   }
   let doc: unknown;
   try {
@@ -87,7 +90,10 @@ export function parseManifest(bytes: Uint8Array, contentType?: string): Manifest
         ? (ct ?? 'application/vnd.oci.image.index.v1+json')
         : (ct ?? 'application/vnd.oci.image.manifest.v1+json');
   if (doc.schemaVersion !== 2) {
-    throw new PrewarmError(ErrorCodes.UNSUPPORTED_MEDIA_TYPE, `unsupported manifest schemaVersion ${String(doc.schemaVersion)}`);
+    throw new PrewarmError(
+      ErrorCodes.UNSUPPORTED_MEDIA_TYPE,
+      `unsupported manifest schemaVersion ${String(doc.schemaVersion)}`,
+    );
   }
   const annotations = isRecord(doc.annotations) ? (doc.annotations as Record<string, string>) : undefined;
   if (INDEX_MEDIA_TYPES.has(mediaType)) {
@@ -99,7 +105,10 @@ export function parseManifest(bytes: Uint8Array, contentType?: string): Manifest
       ...(annotations ? { annotations } : {}),
     };
   }
-  if (IMAGE_MANIFEST_MEDIA_TYPES.has(mediaType) || (mediaType.startsWith('application/vnd.oci.') && 'config' in doc)) {
+  if (
+    IMAGE_MANIFEST_MEDIA_TYPES.has(mediaType) ||
+    (mediaType.startsWith('application/vnd.oci.') && 'config' in doc)
+  ) {
     if (!Array.isArray(doc.layers)) throw bad('manifest without layers[]');
     return {
       kind: 'manifest',
@@ -129,7 +138,8 @@ export function isAttestation(d: Descriptor): boolean {
 export function selectPlatform(index: ImageIndex, platform: Platform): Descriptor {
   const runnable = index.manifests.filter((d) => !isAttestation(d) && d.platform !== undefined);
   const exact = runnable.find((d) => d.platform !== undefined && platformMatches(d.platform, platform, true));
-  const loose = exact ?? runnable.find((d) => d.platform !== undefined && platformMatches(d.platform, platform, false));
+  const loose =
+    exact ?? runnable.find((d) => d.platform !== undefined && platformMatches(d.platform, platform, false));
   if (loose) return loose;
   const offered = runnable.map((d) => (d.platform ? formatPlatform(d.platform) : '?')).join(', ') || 'none';
   throw new PrewarmError(

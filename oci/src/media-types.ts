@@ -12,7 +12,10 @@ export const MediaTypes = {
   DOCKER_LAYER_GZIP: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
 } as const;
 
-export const INDEX_MEDIA_TYPES: ReadonlySet<string> = new Set([MediaTypes.OCI_INDEX, MediaTypes.DOCKER_MANIFEST_LIST]);
+export const INDEX_MEDIA_TYPES: ReadonlySet<string> = new Set([
+  MediaTypes.OCI_INDEX,
+  MediaTypes.DOCKER_MANIFEST_LIST,
+]);
 export const IMAGE_MANIFEST_MEDIA_TYPES: ReadonlySet<string> = new Set([
   MediaTypes.OCI_MANIFEST,
   MediaTypes.DOCKER_MANIFEST,

@@ -6,20 +6,39 @@ export interface Platform {
   variant?: string;
 }
 
-const NODE_ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x' };
+const NODE_ARCH: Record<string, string> = {
+  x64: 'amd64',
+  arm64: 'arm64',
+  arm: 'arm',
+  ppc64: 'ppc64le',
+  s390x: 's390x',
+};
 
 /** The platform of this process's host, in OCI terms. */
 export function hostPlatform(): Platform {
   const architecture = NODE_ARCH[process.arch] ?? process.arch;
-  return { os: process.platform === 'win32' ? 'windows' : process.platform, architecture, ...(architecture === 'arm64' ? { variant: 'v8' } : {}) };
+  return {
+    os: process.platform === 'win32' ? 'windows' : process.platform,
+    architecture,
+    ...(architecture === 'arm64' ? { variant: 'v8' } : {}),
+  };
 }
 
 /** Parses `os/arch[/variant]`, e.g. `linux/arm64/v8`. */
 export function parsePlatform(s: string): Platform {
   const parts = s.split('/');
   const [os, architecture, variant] = parts;
-  if (parts.length < 2 || parts.length > 3 || !os || !architecture || parts.some((p) => !/^[a-z0-9._-]+$/.test(p))) {
-    throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `invalid platform ${JSON.stringify(s)}: want os/arch[/variant]`);
+  if (
+    parts.length < 2 ||
+    parts.length > 3 ||
+    !os ||
+    !architecture ||
+    parts.some((p) => !/^[a-z0-9._-]+$/.test(p))
+  ) {
+    throw new PrewarmError(
+      ErrorCodes.INVALID_CONFIG,
+      `invalid platform ${JSON.stringify(s)}: want os/arch[/variant]`,
+    );
   }
   return { os, architecture, ...(variant ? { variant } : {}) };
 }

@@ -19,13 +19,18 @@ export interface ImageReference {
 const COMPONENT = '[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*';
 const REPOSITORY_RE = new RegExp(`^${COMPONENT}(?:/${COMPONENT})*$`);
 const TAG_RE = /^[\w][\w.-]{0,127}$/;
-const HOST_RE = /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?$/;
+const HOST_RE =
+  /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?$/;
 const MAX_NAME = 255;
 
 function invalid(ref: string, why: string): PrewarmError {
-  return new PrewarmError(ErrorCodes.INVALID_REFERENCE, `invalid image reference ${JSON.stringify(ref.slice(0, 300))}: ${why}`, {
-    status: 400,
-  });
+  return new PrewarmError(
+    ErrorCodes.INVALID_REFERENCE,
+    `invalid image reference ${JSON.stringify(ref.slice(0, 300))}: ${why}`,
+    {
+      status: 400,
+    },
+  );
 }
 
 export function isValidRepository(name: string): boolean {
@@ -78,7 +83,12 @@ export function parseReference(ref: string): ImageReference {
   const slash = rest.indexOf('/');
   if (slash > 0) {
     const first = rest.slice(0, slash);
-    if (first.includes('.') || first.includes(':') || first === 'localhost' || first !== first.toLowerCase()) {
+    if (
+      first.includes('.') ||
+      first.includes(':') ||
+      first === 'localhost' ||
+      first !== first.toLowerCase()
+    ) {
       registry = first;
       repository = rest.slice(slash + 1);
     }
@@ -87,7 +97,12 @@ export function parseReference(ref: string): ImageReference {
   if (registry === 'docker.io' && !repository.includes('/')) repository = `library/${repository}`;
   if (!isValidRepository(repository)) throw invalid(ref, 'bad repository name');
   if (tag === undefined && digest === undefined) tag = 'latest';
-  return { registry, repository, ...(tag !== undefined ? { tag } : {}), ...(digest !== undefined ? { digest } : {}) };
+  return {
+    registry,
+    repository,
+    ...(tag !== undefined ? { tag } : {}),
+    ...(digest !== undefined ? { digest } : {}),
+  };
 }
 
 /** The canonical string form (`registry/repo:tag@digest`). */

@@ -34,7 +34,11 @@ export function backoffDelay(n: number, opts: RetryOptions, retryAfterMs?: numbe
  * `signal` aborts. Retryable means a PrewarmError with `retryable: true`; its
  * `detail.retryAfterMs` (from a 429/503) replaces the computed backoff.
  */
-export async function withRetry<T>(fn: (attempt: number) => Promise<T>, opts: RetryOptions = {}, signal?: AbortSignal): Promise<T> {
+export async function withRetry<T>(
+  fn: (attempt: number) => Promise<T>,
+  opts: RetryOptions = {},
+  signal?: AbortSignal,
+): Promise<T> {
   const attempts = opts.attempts ?? 6;
   for (let attempt = 1; ; attempt++) {
     if (signal?.aborted) throw abortError(signal);

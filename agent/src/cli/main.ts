@@ -1,0 +1,153 @@
+import { parseArgs } from 'node:util';
+import { loadDockerConfigFile, StaticCredentials } from '../../../oci/src/auth.js';
+import { isLoopbackHost, RegistryClient } from '../../../oci/src/client.js';
+import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
+import { hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
+import { parseReference } from '../../../oci/src/reference.js';
+import { BlobFetcher } from '../fetch/blob-fetcher.js';
+import { ImageWarmer } from '../fetch/image-warmer.js';
+import { FsBlobStore } from '../store/fs-store.js';
+import { ExitCodes, exitCodeFor } from './exit-codes.js';
+import { formatBytes, formatDuration, parseSize } from './format.js';
+import { ProgressView } from './progress.js';
+
+const USAGE = `Usage: kube-prewarm <command> [options]
+
+Commands:
+  warm <image-ref>   Fetch an image into a local content-addressed store (resumable).
+
+warm options:
+  --store <dir>            Store directory (default: ./.prewarm-store)
+  --platform <os/arch[/v]> Platform to pick from a multi-arch index (default: this host's)
+  --docker-config <file>   Credentials: a dockerconfigjson / ~/.docker/config.json file
+  --plain-http <hosts>     Comma-separated registry hosts spoken to over HTTP (loopback always is)
+  --chunk-size <size>      Ranged request size (default 16MiB)
+  --concurrency <n>        Parallel ranges per blob (default 16)
+  --max-connections <n>    Parallel requests in total (default 32)
+  --bandwidth <size>       Cap in bytes/s, e.g. 50MiB (default: unlimited)
+  --json                   Print a JSON summary on stdout instead of a progress bar
+  --no-fsync               Skip fsync (throwaway stores only)
+
+Exit codes: 0 ok, 2 usage, 3 image/blob/platform not found, 4 auth, 5 digest or
+size mismatch, 6 network/registry, 7 disk full, 130 interrupted (rerun to resume).
+`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(USAGE);
+    return command === undefined ? ExitCodes.USAGE : ExitCodes.OK;
+  }
+  if (command === 'warm') return warm(rest);
+  process.stderr.write(`kube-prewarm: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+  return ExitCodes.USAGE;
+}
+
+async function warm(argv: string[]): Promise<number> {
+  let args: ReturnType<typeof parseWarmArgs>;
+  try {
+    args = parseWarmArgs(argv);
+  } catch (err) {
+    process.stderr.write(`kube-prewarm warm: ${(err as Error).message}\n\n${USAGE}`);
+    return ExitCodes.USAGE;
+  }
+  const { values, positionals } = args;
+  const controller = new AbortController();
+  const onSignal = () => controller.abort(new PrewarmError(ErrorCodes.ABORTED, 'interrupted'));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const json = values.json === true;
+  const view = json ? undefined : new ProgressView();
+  let client: RegistryClient | undefined;
+  let fetcher: BlobFetcher | undefined;
+  try {
+    if (positionals.length !== 1)
+      throw new PrewarmError(ErrorCodes.INVALID_CONFIG, 'warm takes exactly one image reference');
+    const ref = parseReference(positionals[0] as string);
+    const platform = values.platform ? parsePlatform(values.platform) : hostPlatform();
+    const credentials = values['docker-config']
+      ? await loadDockerConfigFile(values['docker-config'])
+      : new StaticCredentials();
+    const plain = new Set((values['plain-http'] ?? '').split(',').filter(Boolean));
+    const store = await new FsBlobStore(values.store ?? '.prewarm-store', {
+      fsync: values['no-fsync'] !== true,
+    }).init();
+    client = new RegistryClient({ credentials, plainHttp: (h) => isLoopbackHost(h) || plain.has(h) });
+    fetcher = new BlobFetcher(store, {
+      chunkSize: values['chunk-size'] ? parseSize(values['chunk-size']) : undefined,
+      concurrencyPerBlob: values.concurrency ? positiveInt(values.concurrency, '--concurrency') : undefined,
+      maxConnections: values['max-connections']
+        ? positiveInt(values['max-connections'], '--max-connections')
+        : undefined,
+      bandwidthBytesPerSec: values.bandwidth ? parseSize(values.bandwidth) : undefined,
+    });
+    const warmer = new ImageWarmer(client, fetcher, store);
+    const result = await warmer.warm(ref, {
+      platform,
+      signal: controller.signal,
+      ...(view ? { onProgress: (p) => view.update(p) } : {}),
+    });
+    view?.stop();
+    if (json) {
+      process.stdout.write(`${JSON.stringify({ ok: true, ...result, store: store.root }, null, 2)}\n`);
+    } else {
+      const secs = result.durationMs / 1000;
+      const fetched = result.bytesFromRegistry + result.bytesFromPeers;
+      process.stderr.write(
+        `warm ${result.reference}\n` +
+          `  platform ${result.record.platform}, manifest ${result.record.manifestDigest}\n` +
+          `  ${result.record.blobs.length} blobs, ${formatBytes(result.bytesTotal)}: fetched ${formatBytes(fetched)} ` +
+          `(${formatBytes(result.bytesFromRegistry)} registry, ${formatBytes(result.bytesFromPeers)} peers), ` +
+          `${formatBytes(result.bytesAlreadyPresent)} already present\n` +
+          `  ${formatDuration(result.durationMs)} (${formatBytes(fetched / Math.max(secs, 0.001))}/s), store ${store.root}\n`,
+      );
+    }
+    return ExitCodes.OK;
+  } catch (err) {
+    view?.stop();
+    const code = exitCodeFor(err);
+    const message = isPrewarmError(err)
+      ? `${err.code}: ${err.message}`
+      : String((err as Error)?.stack ?? err);
+    if (json) {
+      process.stdout.write(
+        `${JSON.stringify({ ok: false, error: { code: isPrewarmError(err) ? err.code : 'PW_ERR_INTERNAL', message: isPrewarmError(err) ? err.message : String(err) } })}\n`,
+      );
+    }
+    process.stderr.write(`kube-prewarm warm: ${message}\n`);
+    if (code === ExitCodes.INTERRUPTED)
+      process.stderr.write('partial downloads are kept; run the same command again to resume\n');
+    return code;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await fetcher?.close();
+    await client?.close();
+  }
+}
+
+function parseWarmArgs(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      store: { type: 'string' },
+      platform: { type: 'string' },
+      'docker-config': { type: 'string' },
+      'plain-http': { type: 'string' },
+      'chunk-size': { type: 'string' },
+      concurrency: { type: 'string' },
+      'max-connections': { type: 'string' },
+      bandwidth: { type: 'string' },
+      json: { type: 'boolean' },
+      'no-fsync': { type: 'boolean' },
+    },
+  });
+}
+
+function positiveInt(s: string, name: string): number {
+  const n = Number(s);
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `${name} must be a positive integer`);
+  return n;
+}

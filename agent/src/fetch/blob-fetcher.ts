@@ -1,0 +1,573 @@
+import { EventEmitter, setMaxListeners } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { BlobResponse } from '../../../oci/src/client.js';
+import { header, toNetworkError } from '../../../oci/src/client.js';
+import type { Digest } from '../../../oci/src/digest.js';
+import { abortError, ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
+import { backoffDelay, type RetryOptions } from '../../../oci/src/retry.js';
+import type { BlobStore, Ingest } from '../store/blob-store.js';
+import { RangeSet } from '../store/ranges.js';
+import { HashCursor } from './hash-cursor.js';
+import type { BlobSource, BlobTarget } from './sources.js';
+import { Semaphore, TokenBucket } from './token-bucket.js';
+
+export interface BlobFetcherOptions {
+  /** Largest ranged request. Default 16 MiB (SOCI's parallel-pull default). */
+  chunkSize?: number;
+  /** Smallest ranged request; chunks shrink toward it near a blob's end so the tail finishes together. Default 1 MiB. */
+  minChunkSize?: number;
+  /** Parallel ranged requests per blob. Default 16. */
+  concurrencyPerBlob?: number;
+  /** Parallel requests across all blobs of this fetcher (the node). Default 32. */
+  maxConnections?: number;
+  /** Node-wide bandwidth cap in bytes/s; 0 = unlimited. Default 0. */
+  bandwidthBytesPerSec?: number;
+  /** Backoff between failed requests; `attempts` counts consecutive failures with no progress. Default 8 attempts. */
+  retry?: RetryOptions;
+  /** Bytes of out-of-order chunk data held in memory per blob for hashing before spilling to a re-read. Default 64 MiB. */
+  memoryPerBlob?: number;
+  /** Bytes gathered before one vectored write. Default 1 MiB. */
+  writeBatchBytes?: number;
+}
+
+export interface FetchOptions {
+  signal?: AbortSignal;
+  /** Sources in preference order (peers first, registry last). */
+  sources: BlobSource[];
+  /** Called as bytes land (throttle on your side). */
+  onProgress?: (p: { digest: Digest; bytesDone: number; size: number }) => void;
+}
+
+export interface FetchResult {
+  digest: Digest;
+  size: number;
+  /** Bytes already in the store (committed, or resumed from a partial download). */
+  bytesAlreadyPresent: number;
+  bytesFromRegistry: number;
+  bytesFromPeers: number;
+  /** Bytes hashed by re-reading the data file (resume or memory pressure). */
+  bytesReread: number;
+  /** False when the server ignored Range and the blob came as one stream. */
+  ranged: boolean;
+  /** True when this call joined a download already in flight. */
+  joined: boolean;
+}
+
+/**
+ * A download in flight, visible to readers such as the mirror: `written` grows as
+ * ranges land in `dataPath`; 'progress' fires after each write, 'end' on success
+ * (the blob is then committed), 'error' on failure.
+ */
+export interface InflightBlob extends EventEmitter {
+  readonly digest: Digest;
+  readonly size: number;
+  readonly written: RangeSet;
+  readonly dataPath: string | undefined;
+  readonly promise: Promise<FetchResult>;
+  /** Reads bytes from the partial file (only within `written`). */
+  read(position: number, length: number): Promise<Buffer>;
+}
+
+const DEFAULTS = {
+  chunkSize: 16 * 1024 * 1024,
+  minChunkSize: 1024 * 1024,
+  concurrencyPerBlob: 16,
+  maxConnections: 32,
+  memoryPerBlob: 32 * 1024 * 1024,
+  writeBatchBytes: 1024 * 1024,
+};
+
+/**
+ * The lazy-chunk fetcher: downloads blobs as parallel HTTP Range requests into the
+ * store, hashing in byte order as chunks land, with retries (backoff, Retry-After),
+ * a node-wide bandwidth cap and connection limit, resume from durable ranges after a
+ * crash, fallback to one stream when a server ignores Range, and single-flight: a
+ * second request for a digest joins the download in flight.
+ */
+export class BlobFetcher {
+  readonly #store: BlobStore;
+  readonly #opts: typeof DEFAULTS & BlobFetcherOptions;
+  readonly #connections: Semaphore;
+  readonly #bucket: TokenBucket;
+  readonly #inflight = new Map<Digest, Download>();
+
+  constructor(store: BlobStore, opts: BlobFetcherOptions = {}) {
+    this.#store = store;
+    this.#opts = { ...DEFAULTS, ...stripUndefined(opts) };
+    this.#connections = new Semaphore(this.#opts.maxConnections);
+    this.#bucket = new TokenBucket(opts.bandwidthBytesPerSec ?? 0);
+  }
+
+  /** The download of `digest` in flight, if any. */
+  inflight(digest: Digest): InflightBlob | undefined {
+    return this.#inflight.get(digest);
+  }
+
+  /**
+   * Makes `target` present and verified in the store. Resolves when committed; throws
+   * PrewarmError: PW_ERR_DIGEST_MISMATCH (nothing left under the final name),
+   * PW_ERR_SIZE_MISMATCH, PW_ERR_BLOB_UNKNOWN, PW_ERR_AUTH_DENIED, PW_ERR_DISK_FULL,
+   * PW_ERR_NETWORK / PW_ERR_REGISTRY after retries, PW_ERR_ABORTED.
+   */
+  async fetch(target: BlobTarget, opts: FetchOptions): Promise<FetchResult> {
+    const existing = await this.#store.stat(target.digest);
+    if (existing && existing.size === target.size) {
+      opts.onProgress?.({ digest: target.digest, bytesDone: target.size, size: target.size });
+      return {
+        digest: target.digest,
+        size: target.size,
+        bytesAlreadyPresent: target.size,
+        bytesFromRegistry: 0,
+        bytesFromPeers: 0,
+        bytesReread: 0,
+        ranged: true,
+        joined: false,
+      };
+    }
+    let dl = this.#inflight.get(target.digest);
+    const joined = dl !== undefined;
+    if (!dl) {
+      dl = new Download(this.#store, target, opts.sources, this.#opts, this.#connections, this.#bucket);
+      const started = dl;
+      this.#inflight.set(target.digest, started);
+      started.promise.then(
+        () => this.#inflight.delete(target.digest),
+        () => this.#inflight.delete(target.digest),
+      );
+      started.start();
+    }
+    return dl.subscribe(opts, joined);
+  }
+
+  /** Aborts every download in flight (partial data stays for a resume). */
+  async close(): Promise<void> {
+    const all = [...this.#inflight.values()];
+    for (const d of all) d.abort(new PrewarmError(ErrorCodes.ABORTED, 'fetcher closing'));
+    await Promise.allSettled(all.map((d) => d.promise));
+  }
+}
+
+class Download extends EventEmitter implements InflightBlob {
+  readonly digest: Digest;
+  readonly size: number;
+  written = new RangeSet();
+  dataPath: string | undefined;
+  readonly promise: Promise<FetchResult>;
+  #resolve!: (r: FetchResult) => void;
+  #reject!: (e: unknown) => void;
+  readonly #controller = new AbortController();
+  #subscribers = 0;
+  #ingest: Ingest | undefined;
+  #hasher: HashCursor | undefined;
+  #todo = new RangeSet();
+  #fatal: unknown;
+  #failures = 0;
+  #streamMode = false;
+  #badSources = new Set<BlobSource>();
+  #fromRegistry = 0;
+  #fromPeers = 0;
+  #alreadyPresent = 0;
+  #progressListeners = new Set<NonNullable<FetchOptions['onProgress']>>();
+
+  constructor(
+    readonly store: BlobStore,
+    readonly target: BlobTarget,
+    readonly sources: BlobSource[],
+    readonly opts: typeof DEFAULTS & BlobFetcherOptions,
+    readonly connections: Semaphore,
+    readonly bucket: TokenBucket,
+  ) {
+    super();
+    // One abort listener per in-flight request and waiter; the count is bounded by concurrency.
+    setMaxListeners(0, this.#controller.signal);
+    this.digest = target.digest;
+    this.size = target.size;
+    this.promise = new Promise((res, rej) => {
+      this.#resolve = res;
+      this.#reject = rej;
+    });
+    // Readers that attach late must not crash the process with an unhandled 'error'.
+    this.on('error', () => undefined);
+    this.promise.catch(() => undefined);
+  }
+
+  start(): void {
+    this.#run().then(
+      (r) => {
+        this.emit('end', r);
+        this.#resolve(r);
+      },
+      (e) => {
+        this.emit('error', e);
+        this.#reject(e);
+      },
+    );
+  }
+
+  abort(reason: unknown): void {
+    this.#controller.abort(reason);
+  }
+
+  async subscribe(opts: FetchOptions, joined: boolean): Promise<FetchResult> {
+    this.#subscribers++;
+    const onProgress = opts.onProgress;
+    if (onProgress) this.#progressListeners.add(onProgress);
+    const signal = opts.signal;
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_, rej) => {
+      if (!signal) return;
+      onAbort = () => rej(abortError(signal));
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    });
+    aborted.catch(() => undefined);
+    try {
+      const r = await Promise.race([this.promise, aborted]);
+      return { ...r, joined };
+    } finally {
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
+      if (onProgress) this.#progressListeners.delete(onProgress);
+      // The last caller to give up stops the download; partial data stays for a resume.
+      if (--this.#subscribers === 0 && signal?.aborted) this.abort(abortError(signal));
+    }
+  }
+
+  read(position: number, length: number): Promise<Buffer> {
+    if (!this.#ingest)
+      return Promise.reject(new PrewarmError(ErrorCodes.BLOB_UNKNOWN, 'download not started'));
+    if (!this.written.covers(position, position + length)) {
+      return Promise.reject(new PrewarmError(ErrorCodes.BLOB_UNKNOWN, 'range not written yet'));
+    }
+    return this.#ingest.read(position, length);
+  }
+
+  async #run(): Promise<FetchResult> {
+    let result = await this.#attempt();
+    if (result instanceof PrewarmError) {
+      // A mismatch after resuming old bytes or taking bytes from a peer may be their
+      // fault, not the registry's: start over once, from the registry only.
+      if (this.#alreadyPresent === 0 && this.#fromPeers === 0) throw result;
+      this.#reset();
+      this.#badSources = new Set(this.sources.filter((s) => s.kind === 'peer'));
+      result = await this.#attempt();
+      if (result instanceof PrewarmError) throw result;
+    }
+    return result;
+  }
+
+  #reset(): void {
+    this.written = new RangeSet();
+    this.#todo = new RangeSet();
+    this.#fatal = undefined;
+    this.#failures = 0;
+    this.#streamMode = false;
+    this.#fromRegistry = 0;
+    this.#fromPeers = 0;
+    this.#alreadyPresent = 0;
+  }
+
+  /** One pass; resolves to the digest error (so #run may retry) or the result. */
+  async #attempt(): Promise<FetchResult | PrewarmError> {
+    const ingest = await this.store.openIngest(this.digest, this.size);
+    this.#ingest = ingest;
+    this.dataPath = ingest.dataPath;
+    try {
+      this.written = new RangeSet(ingest.durable.ranges);
+      this.#alreadyPresent = this.written.size;
+      this.#todo = this.written.complement(this.size);
+      this.#hasher = new HashCursor(
+        this.size,
+        this.written,
+        (p, l) => ingest.read(p, l),
+        this.opts.memoryPerBlob,
+      );
+      this.#emitProgress();
+      const workers = Math.max(
+        1,
+        Math.min(this.opts.concurrencyPerBlob, Math.ceil(this.#todo.size / this.opts.minChunkSize)),
+      );
+      await Promise.all(Array.from({ length: this.#todo.isEmpty ? 0 : workers }, () => this.#worker(ingest)));
+      if (this.#fatal !== undefined) throw this.#fatal;
+      if (this.#controller.signal.aborted) throw abortError(this.#controller.signal);
+      await this.#hasher.drain();
+      if (!this.#hasher.done) {
+        throw new PrewarmError(
+          ErrorCodes.STORE_CORRUPT,
+          `blob ${this.digest}: hashed ${this.#hasher.position} of ${this.size} bytes`,
+        );
+      }
+      try {
+        await ingest.commit(this.#hasher.digest());
+      } catch (err) {
+        if (isPrewarmError(err, ErrorCodes.DIGEST_MISMATCH)) return err;
+        throw err;
+      }
+      return {
+        digest: this.digest,
+        size: this.size,
+        bytesAlreadyPresent: this.#alreadyPresent,
+        bytesFromRegistry: this.#fromRegistry,
+        bytesFromPeers: this.#fromPeers,
+        bytesReread: this.#hasher.rereadBytes,
+        ranged: !this.#streamMode,
+        joined: false,
+      };
+    } finally {
+      this.#hasher?.clear();
+      await ingest.close();
+    }
+  }
+
+  /** Claims the next range: lowest offset first, chunks shrinking near the end. */
+  #take(): { start: number; end: number } | undefined {
+    const first = this.#todo.first();
+    if (!first) return undefined;
+    const remaining = this.#todo.size;
+    const len = Math.max(
+      this.opts.minChunkSize,
+      Math.min(this.opts.chunkSize, Math.ceil(remaining / this.opts.concurrencyPerBlob)),
+    );
+    const end = Math.min(first.end, first.start + len);
+    this.#todo.remove(first.start, end);
+    return { start: first.start, end };
+  }
+
+  async #worker(ingest: Ingest): Promise<void> {
+    const signal = this.#controller.signal;
+    while (this.#fatal === undefined && !signal.aborted && !this.#streamMode) {
+      let release: () => void;
+      try {
+        release = await this.connections.acquire(signal);
+      } catch {
+        return;
+      }
+      try {
+        const range = this.#take();
+        if (!range) return;
+        try {
+          await this.#fetchRange(ingest, range);
+          this.#failures = 0;
+        } catch (err) {
+          // In stream mode the single stream owns the blob; stray ranged errors do not matter.
+          if (signal.aborted || this.#fatal !== undefined || this.#streamMode) return;
+          const e = isPrewarmError(err) ? err : toNetworkError(err, `blob ${this.digest}`);
+          if (!e.retryable || ++this.#failures >= (this.opts.retry?.attempts ?? 8)) {
+            this.#fail(e);
+            return;
+          }
+          const ra = typeof e.detail?.retryAfterMs === 'number' ? e.detail.retryAfterMs : undefined;
+          release();
+          release = () => undefined;
+          try {
+            await sleep(backoffDelay(this.#failures, this.opts.retry ?? {}, ra), undefined, { signal });
+          } catch {
+            return;
+          }
+        }
+      } finally {
+        release();
+      }
+    }
+  }
+
+  #fail(err: unknown): void {
+    if (this.#fatal === undefined) this.#fatal = err;
+    this.#controller.abort(err);
+  }
+
+  #source(): BlobSource {
+    const s = this.sources.find((x) => !this.#badSources.has(x)) ?? this.sources.at(-1);
+    if (!s) throw new PrewarmError(ErrorCodes.INVALID_CONFIG, 'no blob source configured');
+    return s;
+  }
+
+  async #open(range: { start: number; end: number }): Promise<{ res: BlobResponse; source: BlobSource }> {
+    for (;;) {
+      const source = this.#source();
+      try {
+        return {
+          res: await source.open(
+            this.target,
+            { start: range.start, end: range.end - 1 },
+            this.#controller.signal,
+          ),
+          source,
+        };
+      } catch (err) {
+        // A peer that fails is skipped for the rest of this blob; the registry's errors go to the retry loop.
+        if (source.kind === 'peer' && !this.#controller.signal.aborted) {
+          this.#badSources.add(source);
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  async #fetchRange(ingest: Ingest, range: { start: number; end: number }): Promise<void> {
+    let opened: { res: BlobResponse; source: BlobSource };
+    try {
+      opened = await this.#open(range);
+    } catch (err) {
+      this.#todo.add(range.start, range.end);
+      throw err;
+    }
+    const { res, source } = opened;
+    if (res.statusCode === 200 && !(range.start === 0 && range.end === this.size)) {
+      // The server ignored Range: take this response as the whole blob, once.
+      if (this.#streamMode) {
+        res.body.destroy();
+        return;
+      }
+      this.#streamMode = true;
+      await this.#streamWhole(ingest, res, source);
+      return;
+    }
+    if (res.statusCode === 206) {
+      const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(res.headers, 'content-range') ?? '');
+      if (!cr || Number(cr[1]) !== range.start || Number(cr[2]) !== range.end - 1) {
+        res.body.destroy();
+        this.#todo.add(range.start, range.end);
+        throw new PrewarmError(
+          ErrorCodes.REGISTRY_ERROR,
+          `blob ${this.digest}: bad Content-Range ${header(res.headers, 'content-range')}`,
+          {
+            retryable: true,
+          },
+        );
+      }
+      if (cr[3] !== '*' && Number(cr[3]) !== this.size) {
+        res.body.destroy();
+        throw new PrewarmError(
+          ErrorCodes.SIZE_MISMATCH,
+          `blob ${this.digest}: registry says ${cr[3]} bytes, descriptor ${this.size}`,
+        );
+      }
+    }
+    let pos = range.start;
+    try {
+      pos = await this.#consume(ingest, res, source, range.start, range.end);
+      if (pos < range.end) {
+        throw new PrewarmError(
+          ErrorCodes.NETWORK,
+          `blob ${this.digest}: body ended at ${pos}, expected ${range.end}`,
+          { retryable: true },
+        );
+      }
+    } catch (err) {
+      // Keep what arrived: record it and put only the rest back.
+      pos = (err as { position?: number }).position ?? pos;
+      if (pos > range.start) await ingest.record(range.start, pos).catch(() => undefined);
+      this.#todo.add(pos, range.end);
+      throw err;
+    }
+    await ingest.record(range.start, range.end);
+  }
+
+  /**
+   * Reads a response body into [start, end), writing in batches, hashing in order.
+   * Returns the position reached; on error, attaches `position` (bytes written so far).
+   */
+  async #consume(
+    ingest: Ingest,
+    res: BlobResponse,
+    source: BlobSource,
+    start: number,
+    end: number,
+  ): Promise<number> {
+    const hasher = this.#hasher!;
+    const signal = this.#controller.signal;
+    let pos = start;
+    let batch: Buffer[] = [];
+    let batchStart = start;
+    let batchBytes = 0;
+    let needDrain = false;
+    const flush = async () => {
+      if (batchBytes === 0) return;
+      await ingest.write(batch, batchStart);
+      this.written.add(batchStart, batchStart + batchBytes);
+      if (source.kind === 'peer') this.#fromPeers += batchBytes;
+      else this.#fromRegistry += batchBytes;
+      batch = [];
+      batchStart += batchBytes;
+      batchBytes = 0;
+      if (needDrain || this.written.runEnd(hasher.position) !== undefined) {
+        needDrain = false;
+        await hasher.drain();
+      }
+      this.#emitProgress();
+    };
+    try {
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        if (signal.aborted) throw abortError(signal);
+        let buf = chunk;
+        if (pos + buf.byteLength > end) {
+          if (pos >= end) break;
+          buf = buf.subarray(0, end - pos);
+        }
+        if (!this.bucket.unlimited) await this.bucket.take(buf.byteLength, signal);
+        if (!hasher.offer(pos, buf)) needDrain = true;
+        batch.push(buf);
+        batchBytes += buf.byteLength;
+        pos += buf.byteLength;
+        if (batchBytes >= this.opts.writeBatchBytes) await flush();
+        if (pos >= end) break;
+      }
+      await flush();
+      return pos;
+    } catch (err) {
+      res.body.destroy();
+      // Bytes already received are worth keeping: write them before giving up the range.
+      await flush().catch(() => undefined);
+      const e = isPrewarmError(err) ? err : toNetworkError(err, `blob ${this.digest} from ${source.name}`);
+      Object.assign(e, { position: batchStart });
+      throw e;
+    } finally {
+      if (pos >= end && !res.body.destroyed) res.body.destroy();
+    }
+  }
+
+  /** Single-stream fallback: the body is the whole blob from offset 0. */
+  async #streamWhole(ingest: Ingest, res: BlobResponse, source: BlobSource): Promise<void> {
+    // Stop the ranged workers; bytes they wrote are the same bytes, so the file stays valid,
+    // but the hash restarts from zero on this stream alone.
+    this.#todo = new RangeSet();
+    this.#hasher?.clear();
+    this.written = new RangeSet();
+    this.#hasher = new HashCursor(
+      this.size,
+      this.written,
+      (p, l) => ingest.read(p, l),
+      this.opts.memoryPerBlob,
+    );
+    const pos = await this.#consume(ingest, res, source, 0, this.size);
+    if (pos < this.size) {
+      // Without Range support there is no resuming inside the blob: the next attempt starts over.
+      this.#streamMode = false;
+      this.written = new RangeSet();
+      this.#todo = new RangeSet([{ start: 0, end: this.size }]);
+      this.#hasher = new HashCursor(
+        this.size,
+        this.written,
+        (p, l) => ingest.read(p, l),
+        this.opts.memoryPerBlob,
+      );
+      throw new PrewarmError(
+        ErrorCodes.NETWORK,
+        `blob ${this.digest}: stream ended at ${pos} of ${this.size}`,
+        { retryable: true },
+      );
+    }
+    await ingest.record(0, this.size);
+  }
+
+  #emitProgress(): void {
+    const bytesDone = this.written.size;
+    this.emit('progress', bytesDone);
+    for (const l of this.#progressListeners) l({ digest: this.digest, bytesDone, size: this.size });
+  }
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
