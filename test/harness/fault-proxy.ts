@@ -338,7 +338,8 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
       head.on('response', (up) => {
         up.resume();
         req.resume();
-        if (up.statusCode === 200) {
+        // 206: the client asked for a range; the storage serves ranges too.
+        if (up.statusCode === 200 || up.statusCode === 206) {
           entry.fault = 'redirect';
           const sig = randomBytes(12).toString('hex');
           writeHead(307, {

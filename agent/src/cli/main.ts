@@ -25,6 +25,7 @@ warm options:
   --concurrency <n>        Parallel ranges per blob (default 16)
   --max-connections <n>    Parallel requests in total (default 32)
   --bandwidth <size>       Cap in bytes/s, e.g. 50MiB (default: unlimited)
+  --retries <n>            Attempts per request before giving up (default 6; 8 per blob)
   --json                   Print a JSON summary on stdout instead of a progress bar
   --no-fsync               Skip fsync (throwaway stores only)
 
@@ -72,7 +73,12 @@ async function warm(argv: string[]): Promise<number> {
     const store = await new FsBlobStore(values.store ?? '.prewarm-store', {
       fsync: values['no-fsync'] !== true,
     }).init();
-    client = new RegistryClient({ credentials, plainHttp: (h) => isLoopbackHost(h) || plain.has(h) });
+    const retry = values.retries ? { attempts: positiveInt(values.retries, '--retries') } : undefined;
+    client = new RegistryClient({
+      credentials,
+      plainHttp: (h) => isLoopbackHost(h) || plain.has(h),
+      ...(retry ? { retry } : {}),
+    });
     fetcher = new BlobFetcher(store, {
       chunkSize: values['chunk-size'] ? parseSize(values['chunk-size']) : undefined,
       concurrencyPerBlob: values.concurrency ? positiveInt(values.concurrency, '--concurrency') : undefined,
@@ -80,6 +86,7 @@ async function warm(argv: string[]): Promise<number> {
         ? positiveInt(values['max-connections'], '--max-connections')
         : undefined,
       bandwidthBytesPerSec: values.bandwidth ? parseSize(values.bandwidth) : undefined,
+      retry,
     });
     const warmer = new ImageWarmer(client, fetcher, store);
     const result = await warmer.warm(ref, {
@@ -139,6 +146,7 @@ function parseWarmArgs(argv: string[]) {
       concurrency: { type: 'string' },
       'max-connections': { type: 'string' },
       bandwidth: { type: 'string' },
+      retries: { type: 'string' },
       json: { type: 'boolean' },
       'no-fsync': { type: 'boolean' },
     },

@@ -23,7 +23,12 @@ export async function fetchBlobForBench(opts: {
   const fetcher = new BlobFetcher(store, opts.fetcher);
   try {
     const result = await fetcher.fetch(
-      { registry: opts.registryHost, repository: opts.repository, digest: parseDigest(opts.digest), size: opts.size },
+      {
+        registry: opts.registryHost,
+        repository: opts.repository,
+        digest: parseDigest(opts.digest),
+        size: opts.size,
+      },
       { sources: [new RegistrySource(client, opts.registryHost)] },
     );
     return { bytes: result.bytesFromRegistry, result };

@@ -28,6 +28,11 @@ export interface BlobFetcherOptions {
   memoryPerBlob?: number;
   /** Bytes gathered before one vectored write. Default 1 MiB. */
   writeBatchBytes?: number;
+  /**
+   * Within a range, bytes between durable progress records (fdatasync + journal), so a
+   * crash loses at most this much per connection. Default 8 MiB.
+   */
+  recordEveryBytes?: number;
 }
 
 export interface FetchOptions {
@@ -75,6 +80,7 @@ const DEFAULTS = {
   maxConnections: 32,
   memoryPerBlob: 32 * 1024 * 1024,
   writeBatchBytes: 1024 * 1024,
+  recordEveryBytes: 8 * 1024 * 1024,
 };
 
 /**
@@ -482,6 +488,7 @@ class Download extends EventEmitter implements InflightBlob {
     let batchStart = start;
     let batchBytes = 0;
     let needDrain = false;
+    let recorded = start;
     const flush = async () => {
       if (batchBytes === 0) return;
       await ingest.write(batch, batchStart);
@@ -494,6 +501,10 @@ class Download extends EventEmitter implements InflightBlob {
       if (needDrain || this.written.runEnd(hasher.position) !== undefined) {
         needDrain = false;
         await hasher.drain();
+      }
+      if (batchStart - recorded >= this.opts.recordEveryBytes) {
+        await ingest.record(recorded, batchStart);
+        recorded = batchStart;
       }
       this.#emitProgress();
     };
