@@ -15,6 +15,8 @@ export class ProgressView {
   readonly #bars = new Map<string, cliProgress.SingleBar>();
   #lastLine = 0;
   #last: WarmProgress | undefined;
+  /** Bytes each blob already had when first reported (resumed or present): not counted in the rate. */
+  readonly #baseline = new Map<string, number>();
 
   constructor(out: NodeJS.WriteStream = process.stderr) {
     this.#out = out;
@@ -24,7 +26,12 @@ export class ProgressView {
   update(p: WarmProgress): void {
     this.#last = p;
     const elapsed = performance.now() - this.#started;
-    const rate = p.bytesDone / Math.max(0.001, elapsed / 1000);
+    let fetched = 0;
+    for (const b of p.blobs) {
+      if (!this.#baseline.has(b.digest) && (b.bytesDone > 0 || b.done)) this.#baseline.set(b.digest, b.bytesDone);
+      fetched += b.bytesDone - (this.#baseline.get(b.digest) ?? 0);
+    }
+    const rate = fetched / Math.max(0.001, elapsed / 1000);
     const eta = rate > 0 ? ((p.bytesTotal - p.bytesDone) / rate) * 1000 : Number.POSITIVE_INFINITY;
     if (!this.#tty) {
       if (performance.now() - this.#lastLine > 2000 || p.phase === 'warm') {

@@ -78,7 +78,7 @@ const DEFAULTS = {
   minChunkSize: 1024 * 1024,
   concurrencyPerBlob: 16,
   maxConnections: 32,
-  memoryPerBlob: 32 * 1024 * 1024,
+  memoryPerBlob: 64 * 1024 * 1024,
   writeBatchBytes: 1024 * 1024,
   recordEveryBytes: 8 * 1024 * 1024,
 };
