@@ -461,6 +461,8 @@ class Download extends EventEmitter implements InflightBlob {
         );
       }
     } catch (err) {
+      // A peer that fails mid-body is not asked again for this blob.
+      if (source.kind === 'peer') this.#badSources.add(source);
       // Keep what arrived: record it and put only the rest back.
       pos = (err as { position?: number }).position ?? pos;
       if (pos > range.start) await ingest.record(range.start, pos).catch(() => undefined);

@@ -6,6 +6,7 @@ import { formatPlatform, type Platform } from '../../../oci/src/platform.js';
 import { formatReference, type ImageReference } from '../../../oci/src/reference.js';
 import type { BlobStore, ImageRecord } from '../store/blob-store.js';
 import type { BlobFetcher, FetchResult } from './blob-fetcher.js';
+import type { PeerDirectory } from './peer-directory.js';
 import { type BlobSource, type BlobTarget, RegistrySource } from './sources.js';
 
 export type WarmPhase = 'resolving' | 'fetching' | 'warm';
@@ -36,6 +37,8 @@ export interface WarmOptions {
   onProgress?: (p: WarmProgress) => void;
   /** Peer agents that may hold blobs, tried before the registry. */
   peers?: BlobSource[];
+  /** Where to look up which peers hold each blob, and to announce what this node now holds. */
+  peerDirectory?: PeerDirectory;
   /** Blobs downloaded at once (each with its own parallel ranges). Default 3. */
   blobConcurrency?: number;
 }
@@ -94,7 +97,12 @@ export class ImageWarmer {
     emit();
 
     const registrySource = new RegistrySource(this.client, ref.registry);
-    const sources = [...(opts.peers ?? []), registrySource];
+    const directory = opts.peerDirectory;
+    const sourcesFor = async (digest: Digest): Promise<BlobSource[]> => {
+      // A directory outage must not stop a warm: the registry is always the last source.
+      const holders = directory ? await directory.holders(digest).catch(() => []) : [];
+      return [...(opts.peers ?? []), ...holders, registrySource];
+    };
     const results: FetchResult[] = new Array(descriptors.length);
     let next = 0;
     const worker = async () => {
@@ -111,7 +119,7 @@ export class ImageWarmer {
           mediaType: d.mediaType,
         };
         const r = await this.fetcher.fetch(target, {
-          sources,
+          sources: await sourcesFor(d.digest),
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (p) => {
             progress.bytesDone += p.bytesDone - bp.bytesDone;
@@ -124,6 +132,7 @@ export class ImageWarmer {
         bp.done = true;
         if (i > 0) progress.layersDone++;
         results[i] = r;
+        await directory?.announce(d.digest).catch(() => undefined);
         emit();
       }
     };
