@@ -22,7 +22,8 @@ import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { ApiextensionsV1Api, KubeConfig, type V1CustomResourceDefinition } from '@kubernetes/client-node';
+import { KubeConfig, type V1CustomResourceDefinition } from '@kubernetes/client-node';
+import { Agent, request } from 'undici';
 import { parseAllDocuments } from 'yaml';
 import { type ManagedProcess, spawnProcess, waitForHttp, waitForPort } from './process.js';
 import { freePort, makeTempDir, removeTempDir } from './tmp.js';
@@ -70,6 +71,12 @@ export interface KubeHandle {
   readonly operatorUser: KubeUser;
   readonly apiserver: ManagedProcess;
   readonly etcd: ManagedProcess;
+  /**
+   * A raw JSON request as the admin (no client-side model: client-node's typed serializer
+   * drops fields it maps under other names, e.g. a schema's `default`). Resolves with
+   * the status and parsed body.
+   */
+  request(method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }>;
   /** A KubeConfig for another user from the token file. */
   kubeConfigFor(user: KubeUser): KubeConfig;
   /** Writes a kubeconfig file for `user` into the cluster's temp dir; returns its path. */
@@ -196,7 +203,9 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeHandle> {
   const dir = await makeTempDir('kube');
   let etcd: ManagedProcess | undefined;
   let apiserver: ManagedProcess | undefined;
+  const stopHooks: (() => Promise<void>)[] = [];
   const stopAll = async (): Promise<void> => {
+    for (const h of stopHooks) await h().catch(() => undefined);
     await apiserver?.stop();
     await etcd?.stop();
     await removeTempDir(dir);
@@ -286,6 +295,28 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeHandle> {
     };
     const kubeconfigPath = await writeKubeconfig(admin, 'kubeconfig');
     const kc = kubeConfigFor(admin);
+    const httpAgent = new Agent({ connect: { ca: await readFile(certs.ca, 'utf8') } });
+    const raw: RawRequest = async (method, path, body) => {
+      const res = await request(`${server}${path}`, {
+        method: method as 'GET',
+        headers: {
+          authorization: `Bearer ${admin.token}`,
+          'content-type': 'application/json',
+          accept: 'application/json',
+        },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        dispatcher: httpAgent,
+      });
+      const text = await res.body.text();
+      let parsed: unknown = text;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        // Not JSON: keep the text.
+      }
+      return { status: res.statusCode, body: parsed };
+    };
+    stopHooks.push(() => httpAgent.close());
 
     // /readyz turns 200 once the post-start hooks (RBAC bootstrap roles, priority and
     // fairness config, CRD controllers) have run; before that writes may be refused.
@@ -295,7 +326,7 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeHandle> {
       const files = (await readdir(join(REPO_ROOT, 'crds')))
         .filter((f) => f.endsWith('.yaml') || f.endsWith('.yml'))
         .map((f) => join(REPO_ROOT, 'crds', f));
-      await applyCrdFiles(kc, [...files, ...(opts.extraCrdFiles ?? [])]);
+      await applyCrdFiles(raw, [...files, ...(opts.extraCrdFiles ?? [])]);
     }
 
     let stopped: Promise<void> | undefined;
@@ -312,6 +343,7 @@ export async function startKube(opts: KubeOptions = {}): Promise<KubeHandle> {
       etcd: etcdProc,
       kubeConfigFor,
       writeKubeconfig,
+      request: raw,
       stop() {
         stopped ??= stopAll();
         return stopped;
@@ -331,7 +363,6 @@ async function waitForReadyz(
   timeoutMs: number,
 ): Promise<void> {
   // fetch() cannot take a custom CA; use an undici Agent with it.
-  const { Agent, request } = await import('undici');
   const agent = new Agent({ connect: { ca: await readFile(caPath, 'utf8') } });
   try {
     const { waitUntil } = await import('./process.js');
@@ -366,34 +397,44 @@ export async function readCrdFiles(files: string[]): Promise<V1CustomResourceDef
   return out;
 }
 
+export type RawRequest = (
+  method: string,
+  path: string,
+  body?: unknown,
+) => Promise<{ status: number; body: unknown }>;
+
+const CRD_PATH = '/apis/apiextensions.k8s.io/v1/customresourcedefinitions';
+
 /**
  * Creates (or replaces) each CRD and waits until it is Established and its names are
  * accepted. Rejects with the server's message when the apiserver refuses a CRD (an
  * invalid schema or CEL rule is a test failure, not something to skip).
  */
-export async function applyCrdFiles(kc: KubeConfig, files: string[], timeoutMs = 30_000): Promise<void> {
-  const api = kc.makeApiClient(ApiextensionsV1Api);
+export async function applyCrdFiles(raw: RawRequest, files: string[], timeoutMs = 30_000): Promise<void> {
   const crds = await readCrdFiles(files);
   for (const crd of crds) {
     const name = crd.metadata?.name ?? '';
-    try {
-      await api.createCustomResourceDefinition({ body: crd });
-    } catch (err) {
-      if ((err as { code?: number }).code !== 409)
-        throw new Error(`CRD ${name} refused: ${errorBody(err)}`, { cause: err });
-      const existing = await api.readCustomResourceDefinition({ name });
-      await api.replaceCustomResourceDefinition({
-        name,
-        body: { ...crd, metadata: { ...crd.metadata, resourceVersion: existing.metadata?.resourceVersion } },
+    const created = await raw('POST', CRD_PATH, crd);
+    if (created.status === 409) {
+      const existing = await raw('GET', `${CRD_PATH}/${name}`);
+      const rv = (existing.body as { metadata?: { resourceVersion?: string } }).metadata?.resourceVersion;
+      const replaced = await raw('PUT', `${CRD_PATH}/${name}`, {
+        ...crd,
+        metadata: { ...crd.metadata, resourceVersion: rv },
       });
+      if (replaced.status >= 300) throw new Error(`CRD ${name} refused: ${statusMessage(replaced.body)}`);
+    } else if (created.status >= 300) {
+      throw new Error(`CRD ${name} refused: ${statusMessage(created.body)}`);
     }
   }
   const deadline = Date.now() + timeoutMs;
   for (const crd of crds) {
     const name = crd.metadata?.name ?? '';
     for (;;) {
-      const got = await api.readCustomResourceDefinition({ name });
-      const conds = got.status?.conditions ?? [];
+      const got = await raw('GET', `${CRD_PATH}/${name}`);
+      const conds =
+        (got.body as { status?: { conditions?: { type: string; status: string }[] } }).status?.conditions ??
+        [];
       const established = conds.some((c) => c.type === 'Established' && c.status === 'True');
       const named = conds.some((c) => c.type === 'NamesAccepted' && c.status === 'True');
       if (established && named) break;
@@ -401,6 +442,11 @@ export async function applyCrdFiles(kc: KubeConfig, files: string[], timeoutMs =
       await sleep(100);
     }
   }
+}
+
+function statusMessage(body: unknown): string {
+  const m = (body as { message?: string } | null)?.message;
+  return m ?? JSON.stringify(body).slice(0, 2000);
 }
 
 /** The apiserver's error text from a client-node ApiException (its `body` is the Status JSON). */

@@ -1,0 +1,251 @@
+/**
+ * The operator's configuration: every setting declared once with its environment
+ * variable, default and description (the README's table is checked against this list by
+ * a test). `loadConfig(env)` validates everything up front and throws
+ * PW_ERR_INVALID_CONFIG naming each bad variable: a misconfigured operator must not
+ * start half-working. Only main.ts passes `process.env` in.
+ */
+import { hostname } from 'node:os';
+import { ErrorCodes, PrewarmError } from '../../oci/src/errors.js';
+
+type Parser<T> = (raw: string) => T;
+
+interface Setting<T> {
+  env: string;
+  default: T;
+  description: string;
+  parse: Parser<T>;
+}
+
+function int(min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> {
+  return (raw) => {
+    if (!/^-?\d+$/.test(raw.trim())) throw new Error(`not an integer: ${JSON.stringify(raw)}`);
+    const n = Number(raw);
+    if (n < min || n > max) throw new Error(`must be between ${min} and ${max}`);
+    return n;
+  };
+}
+
+const str: Parser<string> = (raw) => raw;
+
+function oneOf<T extends string>(...values: T[]): Parser<T> {
+  return (raw) => {
+    if (!(values as string[]).includes(raw)) throw new Error(`must be one of ${values.join(', ')}`);
+    return raw as T;
+  };
+}
+
+/** `host=n,host2=m` → record. */
+const hostLimits: Parser<Record<string, number>> = (raw) => {
+  const out: Record<string, number> = {};
+  for (const part of raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
+    const m = /^([A-Za-z0-9.-]+(?::\d{1,5})?)=(\d+)$/.exec(part);
+    if (!m) throw new Error(`expected host=limit[,host=limit], got ${JSON.stringify(part)}`);
+    out[m[1]!] = Number(m[2]);
+  }
+  return out;
+};
+
+const redisUrl: Parser<string> = (raw) => {
+  const u = new URL(raw);
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:')
+    throw new Error('must be a redis:// or rediss:// URL');
+  return raw;
+};
+
+/** Every setting, in README order. */
+export const SETTINGS = {
+  redisUrl: {
+    env: 'KPRW_REDIS_URL',
+    default: 'redis://127.0.0.1:6379',
+    description: 'Redis holding the per-node job queues and the push inbox (redis:// or rediss://).',
+    parse: redisUrl,
+  },
+  watchNamespace: {
+    env: 'KPRW_WATCH_NAMESPACE',
+    default: '',
+    description: 'Only watch ImagePrewarms in this namespace. Empty: all namespaces.',
+    parse: str,
+  },
+  leaseNamespace: {
+    env: 'KPRW_LEASE_NAMESPACE',
+    default: 'kube-prewarm',
+    description: 'Namespace of the leader-election Lease (usually the pod namespace).',
+    parse: str,
+  },
+  leaseName: {
+    env: 'KPRW_LEASE_NAME',
+    default: 'kube-prewarm-operator',
+    description: 'Name of the leader-election Lease.',
+    parse: str,
+  },
+  identity: {
+    env: 'KPRW_IDENTITY',
+    default: '',
+    description: "This replica's identity in the Lease. Empty: hostname plus a random suffix.",
+    parse: str,
+  },
+  leaseDurationMs: {
+    env: 'KPRW_LEASE_DURATION_MS',
+    default: 15_000,
+    description: 'How long a Lease is valid without renewal; a standby takes over after this.',
+    parse: int(1_000),
+  },
+  renewDeadlineMs: {
+    env: 'KPRW_RENEW_DEADLINE_MS',
+    default: 10_000,
+    description: 'The leader steps down when it could not renew for this long (< lease duration).',
+    parse: int(500),
+  },
+  retryPeriodMs: {
+    env: 'KPRW_RETRY_PERIOD_MS',
+    default: 2_000,
+    description: 'How often the Lease is renewed or tried (< renew deadline).',
+    parse: int(100),
+  },
+  httpHost: {
+    env: 'KPRW_HTTP_HOST',
+    default: '0.0.0.0',
+    description: 'Listen address for /metrics, /healthz, /readyz and /webhooks.',
+    parse: str,
+  },
+  httpPort: {
+    env: 'KPRW_HTTP_PORT',
+    default: 8080,
+    description: 'Listen port (0: any free port).',
+    parse: int(0, 65_535),
+  },
+  logLevel: {
+    env: 'KPRW_LOG_LEVEL',
+    default: 'info' as 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent',
+    description: 'pino log level.',
+    parse: oneOf('trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'),
+  },
+  concurrency: {
+    env: 'KPRW_RECONCILE_CONCURRENCY',
+    default: 4,
+    description: 'ImagePrewarm reconciles running at once (never two for the same resource).',
+    parse: int(1, 64),
+  },
+  resyncMs: {
+    env: 'KPRW_RESYNC_MS',
+    default: 300_000,
+    description:
+      'Every ImagePrewarm is reconciled at least this often (events are for speed, resync for correctness).',
+    parse: int(1_000),
+  },
+  progressPollMs: {
+    env: 'KPRW_PROGRESS_POLL_MS',
+    default: 2_000,
+    description: 'While jobs are in flight, how often their state is read back from Redis into the status.',
+    parse: int(100),
+  },
+  failedRetryAfterMs: {
+    env: 'KPRW_FAILED_RETRY_AFTER_MS',
+    default: 300_000,
+    description: 'A job that failed all its attempts is retried this long after it failed.',
+    parse: int(1_000),
+  },
+  maxInFlightJobs: {
+    env: 'KPRW_MAX_INFLIGHT_JOBS',
+    default: 10_000,
+    description: 'Cluster-wide cap on prewarm jobs pending or running, all ImagePrewarms together.',
+    parse: int(1),
+  },
+  registryMaxInFlight: {
+    env: 'KPRW_REGISTRY_MAX_INFLIGHT',
+    default: {} as Record<string, number>,
+    description: 'Per-registry cap on jobs in flight (its pull budget), as host=n[,host=n]. Empty: no cap.',
+    parse: hostLimits,
+  },
+  registryRps: {
+    env: 'KPRW_REGISTRY_RPS',
+    default: 20,
+    description: 'Operator requests per second per registry host (tag resolution, manifest reads).',
+    parse: int(1),
+  },
+  registryBurst: {
+    env: 'KPRW_REGISTRY_BURST',
+    default: 40,
+    description: 'Burst allowance on top of KPRW_REGISTRY_RPS.',
+    parse: int(1),
+  },
+  jobAttempts: {
+    env: 'KPRW_JOB_ATTEMPTS',
+    default: 3,
+    description: 'BullMQ attempts per job before it counts as failed.',
+    parse: int(1, 100),
+  },
+  jobBackoffMs: {
+    env: 'KPRW_JOB_BACKOFF_MS',
+    default: 5_000,
+    description: 'First BullMQ retry delay of a job (doubles each attempt).',
+    parse: int(0),
+  },
+  webhooksConfig: {
+    env: 'KPRW_WEBHOOKS_CONFIG',
+    default: '',
+    description:
+      'Path to a JSON or YAML file with the webhook sources and secrets (mount it from a Secret). Empty: no webhooks.',
+    parse: str,
+  },
+  shutdownTimeoutMs: {
+    env: 'KPRW_SHUTDOWN_TIMEOUT_MS',
+    default: 15_000,
+    description: 'Graceful shutdown bound on SIGTERM; after it the process exits anyway.',
+    parse: int(1_000),
+  },
+} satisfies Record<string, Setting<unknown>>;
+
+type Settings = typeof SETTINGS;
+export type OperatorConfig = { [K in keyof Settings]: Settings[K]['default'] };
+
+/**
+ * Reads and validates every setting from `env`. Unset or empty variables take the
+ * default. Throws PW_ERR_INVALID_CONFIG listing all problems at once.
+ */
+export function loadConfig(env: Readonly<Record<string, string | undefined>>): OperatorConfig {
+  const out: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [key, s] of Object.entries(SETTINGS) as [string, Setting<unknown>][]) {
+    const raw = env[s.env];
+    if (raw === undefined || raw === '') {
+      out[key] = s.default;
+      continue;
+    }
+    try {
+      out[key] = s.parse(raw);
+    } catch (err) {
+      problems.push(`${s.env}: ${(err as Error).message}`);
+    }
+  }
+  const cfg = out as OperatorConfig;
+  if (problems.length === 0) {
+    if (!(cfg.retryPeriodMs < cfg.renewDeadlineMs && cfg.renewDeadlineMs < cfg.leaseDurationMs)) {
+      problems.push('need KPRW_RETRY_PERIOD_MS < KPRW_RENEW_DEADLINE_MS < KPRW_LEASE_DURATION_MS');
+    }
+  }
+  if (problems.length > 0) {
+    throw new PrewarmError(
+      ErrorCodes.INVALID_CONFIG,
+      `invalid operator configuration: ${problems.join('; ')}`,
+      {
+        detail: { problems },
+      },
+    );
+  }
+  if (cfg.identity === '') cfg.identity = `${hostname()}-${Math.random().toString(36).slice(2, 8)}`;
+  return cfg;
+}
+
+/** The settings as a Markdown table (for operator/README.md). */
+export function configTable(): string {
+  const rows = Object.values(SETTINGS).map((s: Setting<unknown>) => {
+    const d = typeof s.default === 'object' ? '' : String(s.default);
+    return `| \`${s.env}\` | ${d === '' ? '(empty)' : `\`${d}\``} | ${s.description} |`;
+  });
+  return ['| Variable | Default | Description |', '|---|---|---|', ...rows].join('\n');
+}

@@ -1,0 +1,125 @@
+import {
+  CoordinationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  type KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
+  type V1Lease,
+  type V1Node,
+  type V1Taint,
+} from '@kubernetes/client-node';
+import { GROUP, type ImagePrewarm, PLURAL, VERSION } from '../api/types.js';
+import { type InformerLogger, ResilientInformer } from './informer.js';
+import { apiStatus, type KubePort } from './port.js';
+
+export interface ClientNodePortOptions {
+  /** Watch only this namespace's ImagePrewarms. Default: all namespaces. */
+  namespace?: string;
+}
+
+/** KubePort over @kubernetes/client-node 2.x. */
+export class ClientNodePort implements KubePort {
+  readonly prewarms: ResilientInformer<ImagePrewarm>;
+  readonly nodes: ResilientInformer<V1Node>;
+  readonly #custom: CustomObjectsApi;
+  readonly #core: CoreV1Api;
+  readonly #coordination: CoordinationV1Api;
+
+  constructor(kc: KubeConfig, log: InformerLogger, opts: ClientNodePortOptions = {}) {
+    this.#custom = kc.makeApiClient(CustomObjectsApi);
+    this.#core = kc.makeApiClient(CoreV1Api);
+    this.#coordination = kc.makeApiClient(CoordinationV1Api);
+    const ns = opts.namespace;
+    const prewarmPath = ns
+      ? `/apis/${GROUP}/${VERSION}/namespaces/${ns}/${PLURAL}`
+      : `/apis/${GROUP}/${VERSION}/${PLURAL}`;
+    this.prewarms = new ResilientInformer<ImagePrewarm>(
+      kc,
+      prewarmPath,
+      async () =>
+        (ns
+          ? await this.#custom.listNamespacedCustomObject({
+              group: GROUP,
+              version: VERSION,
+              namespace: ns,
+              plural: PLURAL,
+            })
+          : await this.#custom.listClusterCustomObject({
+              group: GROUP,
+              version: VERSION,
+              plural: PLURAL,
+            })) as {
+          items: ImagePrewarm[];
+        },
+      log,
+    );
+    this.nodes = new ResilientInformer<V1Node>(kc, '/api/v1/nodes', () => this.#core.listNode(), log);
+  }
+
+  async patchPrewarmStatus(namespace: string, name: string, status: Record<string, unknown>): Promise<void> {
+    await this.#custom.patchNamespacedCustomObjectStatus(
+      { group: GROUP, version: VERSION, namespace, plural: PLURAL, name, body: { status } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+  }
+
+  async setPrewarmFinalizers(
+    namespace: string,
+    name: string,
+    finalizers: string[],
+    resourceVersion: string,
+  ): Promise<void> {
+    // resourceVersion in a merge patch is a precondition: 409 if the object moved on.
+    await this.#custom.patchNamespacedCustomObject(
+      {
+        group: GROUP,
+        version: VERSION,
+        namespace,
+        plural: PLURAL,
+        name,
+        body: { metadata: { finalizers, resourceVersion } },
+      },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+  }
+
+  async setNodeTaints(name: string, taints: V1Taint[], resourceVersion: string): Promise<void> {
+    await this.#core.patchNode(
+      { name, body: { metadata: { resourceVersion }, spec: { taints } } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+  }
+
+  async readSecret(
+    namespace: string,
+    name: string,
+  ): Promise<{ type: string; data: Record<string, Buffer> } | undefined> {
+    try {
+      const s = await this.#core.readNamespacedSecret({ namespace, name });
+      const data: Record<string, Buffer> = {};
+      for (const [k, v] of Object.entries(s.data ?? {})) data[k] = Buffer.from(v, 'base64');
+      return { type: s.type ?? 'Opaque', data };
+    } catch (err) {
+      if (apiStatus(err) === 404) return undefined;
+      throw err;
+    }
+  }
+
+  async readLease(namespace: string, name: string): Promise<V1Lease | undefined> {
+    try {
+      return await this.#coordination.readNamespacedLease({ namespace, name });
+    } catch (err) {
+      if (apiStatus(err) === 404) return undefined;
+      throw err;
+    }
+  }
+
+  createLease(namespace: string, lease: V1Lease): Promise<V1Lease> {
+    return this.#coordination.createNamespacedLease({ namespace, body: lease });
+  }
+
+  replaceLease(namespace: string, name: string, lease: V1Lease): Promise<V1Lease> {
+    return this.#coordination.replaceNamespacedLease({ namespace, name, body: lease });
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * The narrow slice of the Kubernetes API the operator uses. The reconciler and the
+ * leader elector depend on this, not on @kubernetes/client-node, so the API surface
+ * the operator needs (and its RBAC) is visible in one place.
+ */
+import type { V1Lease, V1Node, V1Taint } from '@kubernetes/client-node';
+import type { ImagePrewarm } from '../api/types.js';
+
+/** A watched, cached collection (an informer). */
+export interface WatchedCache<T> {
+  list(): readonly T[];
+  get(name: string, namespace?: string): T | undefined;
+  /** Called for every add, update and delete (the object's last known state on delete). */
+  onChange(handler: (obj: T) => void): void;
+  /** True once the initial list has been delivered. */
+  readonly synced: boolean;
+  /** Resolves once synced. */
+  waitForSync(signal?: AbortSignal): Promise<void>;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Error from the API server with its HTTP status (409 conflict, 404 not found, ...). */
+export interface ApiError extends Error {
+  statusCode?: number;
+}
+
+export function apiStatus(err: unknown): number | undefined {
+  const e = err as { code?: unknown; statusCode?: unknown };
+  if (typeof e?.code === 'number') return e.code;
+  if (typeof e?.statusCode === 'number') return e.statusCode;
+  return undefined;
+}
+
+export interface KubePort {
+  readonly prewarms: WatchedCache<ImagePrewarm>;
+  readonly nodes: WatchedCache<V1Node>;
+  /** JSON merge patch of the status subresource (null deletes a field). Throws on 404. */
+  patchPrewarmStatus(namespace: string, name: string, status: Record<string, unknown>): Promise<void>;
+  /**
+   * Sets `metadata.finalizers`, guarded by `resourceVersion` (409 when the object changed:
+   * the caller re-reads and retries).
+   */
+  setPrewarmFinalizers(
+    namespace: string,
+    name: string,
+    finalizers: string[],
+    resourceVersion: string,
+  ): Promise<void>;
+  /** Replaces `spec.taints` of a node, guarded by `resourceVersion`. */
+  setNodeTaints(name: string, taints: V1Taint[], resourceVersion: string): Promise<void>;
+  /** A Secret's `type` and decoded `data`, or undefined when it does not exist. */
+  readSecret(
+    namespace: string,
+    name: string,
+  ): Promise<{ type: string; data: Record<string, Buffer> } | undefined>;
+  readLease(namespace: string, name: string): Promise<V1Lease | undefined>;
+  /** Creates a Lease; 409 when it exists. */
+  createLease(namespace: string, lease: V1Lease): Promise<V1Lease>;
+  /** Replaces a Lease; 409 when `lease.metadata.resourceVersion` is stale. */
+  replaceLease(namespace: string, name: string, lease: V1Lease): Promise<V1Lease>;
+}

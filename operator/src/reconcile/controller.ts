@@ -1,0 +1,746 @@
+/**
+ * The ImagePrewarm controller: the side-effecting half of reconciliation around the pure
+ * `plan()`. Level-based, as in controller-runtime: every event (ImagePrewarm or Node
+ * change, push event, timer) only enqueues a key; `reconcile(key)` re-reads the cached
+ * objects and the job states and converges. An error is retried with backoff; a problem
+ * that retrying cannot fix (bad schedule, missing tag) is written as a condition.
+ *
+ * Two key kinds share one work queue: `p/<namespace>/<name>` (an ImagePrewarm) and
+ * `n/<node>` (a startup-gated node whose taint may be removed).
+ *
+ * In-memory state (pending triggers, the in-flight ledger, per-node warmth) is only an
+ * accelerator: after a restart every value is rebuilt from the cluster, the status and
+ * Redis by the first reconcile of each key.
+ */
+import { createHash } from 'node:crypto';
+import type { V1Node } from '@kubernetes/client-node';
+import { parseDockerConfig, StaticCredentials } from '../../../oci/src/auth.js';
+import type { Digest } from '../../../oci/src/digest.js';
+import { isPrewarmError } from '../../../oci/src/errors.js';
+import type { PrewarmMode, PrewarmOwnerRef } from '../../../oci/src/job-contract.js';
+import { formatPlatform, type Platform } from '../../../oci/src/platform.js';
+import { parseReference } from '../../../oci/src/reference.js';
+import {
+  FINALIZER,
+  type ImagePrewarm,
+  type ImagePrewarmStatus,
+  type ImageStatus,
+  imageName,
+  prewarmKey,
+  REFRESH_ANNOTATION,
+  type TriggerRecord,
+} from '../api/types.js';
+import { apiStatus, type KubePort } from '../kube/port.js';
+import { errFields, type Logger } from '../logger.js';
+import type { OperatorMetrics } from '../metrics.js';
+import type { JobQueue } from '../queue/job-queue.js';
+import type { Credentials, Resolver } from '../resolve/resolver.js';
+import { exclusion, isStartupTaint, type NodeView, nodeView, selectNodes } from './nodes.js';
+import {
+  type JobRef,
+  jobRefsToObserve,
+  type NodeWarmth,
+  type PlanOptions,
+  plan,
+  type ResolvedImage,
+} from './plan.js';
+import { matchPush, type PushEventLike } from './push-match.js';
+import { advance, pinnedDigests } from './retention.js';
+import { evaluateSchedule } from './schedule.js';
+import { WorkQueue } from './work-queue.js';
+
+export interface ControllerOptions extends PlanOptions {
+  /** Reconciles running at once (never two for the same key). Default 4. */
+  concurrency?: number;
+  /** Every ImagePrewarm is reconciled at least this often. Default 5 min. */
+  resyncMs?: number;
+  /** Jobs in flight cluster-wide, all ImagePrewarms together. Default 10 000. */
+  maxInFlightJobs?: number;
+  /** Jobs in flight per registry host (pull budget), e.g. `{ 'registry.example.com': 200 }`. */
+  registryMaxInFlight?: Record<string, number>;
+  /** First retry after a failed resolve; doubles up to 5 min. Default 5 s. */
+  resolveRetryMs?: number;
+  /** Push events older than this are ignored. Default 1 h. */
+  maxPushAgeMs?: number;
+}
+
+interface PendingTrigger {
+  trigger: TriggerRecord;
+  /** For tagGlob entries: the concrete tag pushed. */
+  tag?: string;
+  seq: number;
+}
+
+interface Written {
+  /** resourceVersion of the object the status was computed from. */
+  basedOn: string;
+  status: ImagePrewarmStatus;
+}
+
+const P = 'p/';
+const N = 'n/';
+
+export class PrewarmController {
+  readonly #kube: KubePort;
+  readonly #jobs: JobQueue;
+  readonly #resolver: Resolver;
+  readonly #metrics: OperatorMetrics;
+  readonly #log: Logger;
+  readonly #opts: Required<Omit<ControllerOptions, 'pullSecrets' | 'registryMaxInFlight'>> & {
+    registryMaxInFlight: Record<string, number>;
+  };
+  #queue = new WorkQueue();
+  /** Gauge label sets last set per key, so a deleted ImagePrewarm's series go away. */
+  readonly #gaugeLabels = new Map<string, { namespace: string; prewarm: string; image: string }[]>();
+  readonly #triggers = new Map<string, Map<string, PendingTrigger>>();
+  readonly #ledger = new Map<string, { byRegistry: Map<string, number>; pending: number; active: number }>();
+  readonly #warmth = new Map<string, { generation: number; nodes: Map<string, NodeWarmth> }>();
+  readonly #written = new Map<string, Written>();
+  readonly #resolveFailures = new Map<string, number>();
+  readonly #seenCompleted = new Set<string>();
+  readonly #orphans = new Map<string, JobRef>();
+  #seq = 0;
+  #running = false;
+  #startedAt = 0;
+
+  constructor(
+    deps: { kube: KubePort; jobs: JobQueue; resolver: Resolver; metrics: OperatorMetrics; log: Logger },
+    opts: Partial<ControllerOptions> = {},
+  ) {
+    this.#kube = deps.kube;
+    this.#jobs = deps.jobs;
+    this.#resolver = deps.resolver;
+    this.#metrics = deps.metrics;
+    this.#log = deps.log;
+    this.#opts = {
+      concurrency: opts.concurrency ?? 4,
+      resyncMs: opts.resyncMs ?? 300_000,
+      maxInFlightJobs: opts.maxInFlightJobs ?? 10_000,
+      registryMaxInFlight: opts.registryMaxInFlight ?? {},
+      resolveRetryMs: opts.resolveRetryMs ?? 5_000,
+      maxPushAgeMs: opts.maxPushAgeMs ?? 3_600_000,
+      failedRetryAfterMs: opts.failedRetryAfterMs ?? 300_000,
+      maxFailingNodes: opts.maxFailingNodes ?? 20,
+      progressPollMs: opts.progressPollMs ?? 2_000,
+    };
+    this.#kube.prewarms.onChange((p) => {
+      if (this.#running) this.#queue.add(P + prewarmKey(p));
+    });
+    this.#kube.nodes.onChange((n) => this.#onNode(n));
+  }
+
+  #onNode(n: V1Node): void {
+    if (!this.#running) return;
+    // Any node change may change any selection: enqueue every ImagePrewarm (deduplicated).
+    for (const p of this.#kube.prewarms.list()) this.#queue.add(P + prewarmKey(p));
+    if ((n.spec?.taints ?? []).some((t) => isStartupTaint({ key: t.key, effect: t.effect }))) {
+      this.#queue.add(N + (n.metadata?.name ?? ''));
+    }
+  }
+
+  /**
+   * Runs the controller until `signal` aborts (leadership lost or shutdown), then waits for
+   * in-flight reconciles to finish. Call again after a new `start`: state is rebuilt.
+   */
+  async run(signal: AbortSignal): Promise<void> {
+    this.#running = true;
+    this.#startedAt = Date.now();
+    // Another replica may have led meanwhile: cached job states are suspect.
+    this.#jobs.invalidate();
+    this.#queue = new WorkQueue();
+    const resync = setInterval(() => this.#enqueueAll(), this.#opts.resyncMs);
+    resync.unref();
+    try {
+      await Promise.all([this.#kube.prewarms.waitForSync(signal), this.#kube.nodes.waitForSync(signal)]);
+      this.#enqueueAll();
+      await this.#queue.run(this.#opts.concurrency, (key) => this.#handle(key), signal);
+    } catch (err) {
+      if (!signal.aborted) throw err;
+    } finally {
+      clearInterval(resync);
+      this.#running = false;
+      this.#queue.shutdown();
+      this.#ledger.clear();
+      this.#warmth.clear();
+      this.#written.clear();
+    }
+  }
+
+  #enqueueAll(): void {
+    for (const p of this.#kube.prewarms.list()) this.#queue.add(P + prewarmKey(p));
+    for (const n of this.#kube.nodes.list()) {
+      if ((n.spec?.taints ?? []).some((t) => isStartupTaint({ key: t.key, effect: t.effect }))) {
+        this.#queue.add(N + (n.metadata?.name ?? ''));
+      }
+    }
+  }
+
+  /**
+   * Records a push event's triggers and enqueues the ImagePrewarms it concerns. Returns
+   * how many matched. Cheap and synchronous: resolution happens in the reconcile.
+   */
+  push(event: PushEventLike): number {
+    const at = Date.parse(event.timestamp ?? '') || Date.parse(event.receivedAt ?? '') || Date.now();
+    if (Date.now() - at > this.#opts.maxPushAgeMs) {
+      this.#metrics.pushEvents.inc({ result: 'stale' });
+      return 0;
+    }
+    const matches = matchPush(event, this.#kube.prewarms.list());
+    this.#metrics.pushEvents.inc({ result: matches.length > 0 ? 'matched' : 'unmatched' });
+    for (const m of matches) {
+      const key = prewarmKey(m.prewarm);
+      const pending = this.#triggers.get(key) ?? new Map<string, PendingTrigger>();
+      for (const i of m.images) {
+        const img = m.prewarm.spec.images[i]!;
+        pending.set(imageName(img), {
+          trigger: { type: 'push', source: event.source, time: new Date(at).toISOString() },
+          ...(img.tagGlob !== undefined ? { tag: event.tag! } : {}),
+          seq: ++this.#seq,
+        });
+      }
+      this.#triggers.set(key, pending);
+      this.#queue.add(P + key);
+    }
+    return matches.length;
+  }
+
+  async #handle(key: string): Promise<void> {
+    const started = process.hrtime.bigint();
+    try {
+      const requeue = key.startsWith(N)
+        ? await this.#reconcileNode(key.slice(N.length))
+        : await this.#reconcile(key.slice(P.length));
+      this.#queue.forget(key);
+      if (requeue !== undefined) this.#queue.addAfter(key, requeue);
+      this.#metrics.reconciles.inc({ result: 'ok' });
+    } catch (err) {
+      const delay = this.#queue.addRateLimited(key);
+      this.#metrics.reconciles.inc({ result: 'error' });
+      const level = apiStatus(err) === 409 ? 'debug' : 'warn';
+      this.#log[level]({ key, ...errFields(err), retryInMs: delay }, 'reconcile failed; will retry');
+    } finally {
+      this.#metrics.reconcileSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    }
+  }
+
+  /** Reconciles one ImagePrewarm; returns the requeue delay, if any. */
+  async #reconcile(key: string): Promise<number | undefined> {
+    const [namespace, name] = splitKey(key);
+    const cached = this.#kube.prewarms.get(name, namespace);
+    if (!cached) {
+      this.#forgetKey(key);
+      return undefined;
+    }
+    const owner: PrewarmOwnerRef = { namespace, name, uid: cached.metadata.uid };
+    if (cached.metadata.deletionTimestamp) {
+      return this.#finalize(key, cached, owner);
+    }
+    const finalizers = cached.metadata.finalizers ?? [];
+    if (!finalizers.includes(FINALIZER)) {
+      await this.#kube.setPrewarmFinalizers(
+        namespace,
+        name,
+        [...finalizers, FINALIZER],
+        cached.metadata.resourceVersion ?? '',
+      );
+      // The update event brings the key back with the finalizer in place.
+      return undefined;
+    }
+
+    const cr = this.#withWrittenStatus(key, cached);
+    const spec = cr.spec;
+    const status = cr.status ?? {};
+    const now = Date.now();
+    const log = this.#log.child({ prewarm: key });
+    const nodes = this.#kube.nodes.list().map(nodeView);
+    const nodeCreatedAt = new Map<string, number>();
+    for (const n of this.#kube.nodes.list()) {
+      const t = n.metadata?.creationTimestamp;
+      if (n.metadata?.name && t) nodeCreatedAt.set(n.metadata.name, new Date(t).getTime());
+    }
+    const problems: { reason: string; message: string }[] = [];
+
+    // Triggers: schedule, refresh annotation, push events (taken now; consumed on success).
+    const created = new Date(cr.metadata.creationTimestamp ?? now).getTime();
+    const lastRun = status.lastScheduleTime ? Date.parse(status.lastScheduleTime) : created;
+    const schedule = evaluateSchedule(spec.triggers?.schedule, spec.triggers?.timeZone, lastRun, now);
+    if (schedule.kind === 'invalid') problems.push({ reason: 'InvalidSchedule', message: schedule.message });
+    const scheduleDue = schedule.kind === 'valid' && schedule.due;
+    const refresh = cr.metadata.annotations?.[REFRESH_ANNOTATION];
+    const refreshDue = refresh !== undefined && refresh !== status.lastRefresh;
+    const pending = new Map(this.#triggers.get(key) ?? []);
+    const seqLimit = this.#seq;
+
+    const creds = await this.#credentials(cr, problems);
+    const targeted = selectNodes(spec, nodes);
+    const platforms = uniquePlatforms(targeted);
+    const retain = spec.retain ?? 1;
+    const byName = new Map((status.images ?? []).map((s) => [s.name, s] as const));
+
+    let resolveError: { retryable: boolean } | undefined;
+    const images: ResolvedImage[] = [];
+    for (const img of spec.images) {
+      const nameOf = imageName(img);
+      const record = byName.get(nameOf);
+      const trig = pending.get(nameOf);
+      let registry: string;
+      let repository: string;
+      try {
+        const ref = parseReference(`${img.repository}:x`);
+        registry = ref.registry;
+        repository = `${ref.registry}/${ref.repository}`;
+      } catch (err) {
+        images.push({
+          name: nameOf,
+          repository: img.repository,
+          registry: '',
+          previous: [],
+          dropped: [],
+          error: { reason: 'InvalidReference', message: (err as Error).message },
+        });
+        continue;
+      }
+      const base = {
+        name: nameOf,
+        repository,
+        registry,
+        ...(img.platforms ? { platformFilter: img.platforms } : {}),
+      };
+      let current: ResolvedImage['current'];
+      let tag: string | undefined;
+      let lastTrigger = record?.lastTrigger;
+      let error: ResolvedImage['error'];
+      let waiting: ResolvedImage['waiting'];
+      if (img.digest !== undefined) {
+        current = {
+          digest: img.digest as Digest,
+          resolvedAt:
+            record?.digest === img.digest && record.resolvedAt
+              ? record.resolvedAt
+              : new Date(now).toISOString(),
+        };
+        if (record?.digest !== img.digest) lastTrigger = { type: 'spec', time: new Date(now).toISOString() };
+      } else {
+        tag = img.tag ?? trig?.tag ?? record?.tag;
+        const due = !record?.digest || record.tag !== tag || scheduleDue || refreshDue || trig !== undefined;
+        if (record?.digest) {
+          current = {
+            digest: record.digest as Digest,
+            resolvedAt: record.resolvedAt ?? new Date(now).toISOString(),
+          };
+        }
+        if (tag === undefined) {
+          waiting = { reason: 'AwaitingPush', message: `no pushed tag has matched ${img.tagGlob} yet` };
+        } else if (due) {
+          try {
+            const got = await this.#resolver.resolveTag(img.repository, tag, creds);
+            const changed = got.digest !== record?.digest;
+            this.#metrics.resolves.inc({ result: changed ? 'changed' : 'unchanged' });
+            if (changed) {
+              current = { digest: got.digest, resolvedAt: new Date(now).toISOString() };
+              lastTrigger =
+                trig?.trigger ??
+                (scheduleDue
+                  ? { type: 'schedule', time: new Date(now).toISOString() }
+                  : refreshDue
+                    ? { type: 'refresh', time: new Date(now).toISOString() }
+                    : { type: 'spec', time: new Date(now).toISOString() });
+              log.info(
+                { image: nameOf, digest: got.digest, previous: record?.digest, trigger: lastTrigger.type },
+                'tag resolved',
+              );
+            }
+          } catch (err) {
+            this.#metrics.resolves.inc({ result: 'error' });
+            const code = isPrewarmError(err) ? err.code : 'ERROR';
+            error = { reason: 'ResolveFailed', message: `${code}: ${(err as Error).message}` };
+            resolveError = {
+              retryable: resolveError?.retryable === true || !isPrewarmError(err) || err.retryable,
+            };
+            log.warn({ image: nameOf, ...errFields(err) }, 'tag resolution failed');
+          }
+        }
+      }
+      const kept = advance(record, current?.digest, retain);
+      if (current) {
+        try {
+          const d = await this.#resolver.describe(img.repository, current.digest, platforms, creds);
+          current = {
+            ...current,
+            mediaType: d.mediaType,
+            ...(d.platforms ? { platforms: d.platforms } : {}),
+            bytesByPlatform: d.bytesByPlatform,
+          };
+        } catch (err) {
+          // Sizes and platform lists are informative; agents report a missing platform themselves.
+          log.debug({ image: nameOf, ...errFields(err) }, 'cannot describe digest');
+        }
+      }
+      images.push({
+        ...base,
+        ...(tag !== undefined ? { tag } : {}),
+        ...(current ? { current } : {}),
+        previous: kept.previous,
+        dropped: kept.dropped,
+        ...(lastTrigger ? { lastTrigger } : {}),
+        ...(error ? { error } : {}),
+        ...(waiting ? { waiting } : {}),
+      });
+    }
+
+    // Entries removed from the spec: everything they pinned is dropped.
+    const specNames = new Set(spec.images.map(imageName));
+    const removed: Digest[] = [];
+    for (const s of status.images ?? []) if (!specNames.has(s.name)) removed.push(...pinnedDigests(s));
+    const mode: PrewarmMode = spec.mode ?? 'cache';
+    const modes: PrewarmMode[] =
+      status.images && status.mode !== undefined && status.mode !== mode ? ['cache', 'unpack'] : [mode];
+    const refs = jobRefsToObserve(removed.length > 0 ? [...images, dropOnly(removed)] : images, nodes, modes);
+    const jobs = await this.#jobs.observe(refs);
+
+    const p = plan({
+      owner,
+      generation: cr.metadata.generation ?? 0,
+      spec,
+      status,
+      images,
+      nodes,
+      nodeCreatedAt,
+      jobs,
+      slots: this.#slots(key),
+      now,
+      problems,
+      options: {
+        failedRetryAfterMs: this.#opts.failedRetryAfterMs,
+        maxFailingNodes: this.#opts.maxFailingNodes,
+        progressPollMs: this.#opts.progressPollMs,
+        pullSecrets: (spec.pullSecrets ?? []).map((s) => `${namespace}/${s.name}`),
+      },
+    });
+
+    // Apply. Unpins first: if anything below fails, the old status (still naming the
+    // dropped digests) makes the next attempt unpin them again.
+    for (const ref of p.unpin) {
+      const outcome = await this.#jobs.unpin(ref, owner.uid);
+      if (outcome === 'active-orphan') this.#orphans.set(ref.jobId, ref);
+    }
+    await this.#sweepOrphans();
+    for (const ref of p.addOwner) await this.#jobs.addOwner(ref, owner);
+    for (const ref of p.retry) await this.#jobs.retry(ref);
+    if (p.enqueue.length > 0) {
+      await this.#jobs.enqueue(p.enqueue);
+      for (const j of p.enqueue)
+        this.#metrics.jobsEnqueued.inc({ trigger: j.data.trigger.split(':')[0] ?? 'spec' });
+      log.info({ jobs: p.enqueue.length }, 'jobs enqueued');
+    }
+    this.#recordLedger(key, p.inFlightByRegistry, jobs, p.enqueue.length);
+    this.#recordCompletions(p.completed, jobs);
+
+    const newStatus: ImagePrewarmStatus = {
+      ...p.status,
+      mode,
+      ...(schedule.kind === 'valid' ? { nextScheduleTime: new Date(schedule.next).toISOString() } : {}),
+      ...(scheduleDue ? { lastScheduleTime: new Date(now).toISOString() } : {}),
+      ...(refreshDue ? { lastRefresh: refresh } : {}),
+    };
+    if (schedule.kind !== 'valid') delete newStatus.nextScheduleTime;
+    await this.#writeStatus(key, cr, newStatus);
+
+    // Triggers are consumed only once their resolution made it into the status.
+    const left = this.#triggers.get(key);
+    if (left) {
+      for (const [n, t] of left) {
+        const failed = images.find((i) => i.name === n)?.error !== undefined;
+        if (t.seq <= seqLimit && !failed) left.delete(n);
+      }
+      if (left.size === 0) this.#triggers.delete(key);
+    }
+
+    // Gated nodes this ImagePrewarm targets may be releasable now.
+    const prevWarmth = this.#warmth.get(key)?.nodes;
+    this.#warmth.set(key, { generation: cr.metadata.generation ?? 0, nodes: p.nodeWarmth });
+    for (const n of targeted) {
+      if (n.gated && prevWarmth?.get(n.name) !== p.nodeWarmth.get(n.name)) this.#queue.add(N + n.name);
+      else if (n.gated && p.nodeWarmth.get(n.name) === 'warm') this.#queue.add(N + n.name);
+    }
+
+    this.#clearGauges(key);
+    const labelSets: { namespace: string; prewarm: string; image: string }[] = [];
+    for (const s of p.status.images ?? []) {
+      const labels = { namespace, prewarm: name, image: s.name };
+      labelSets.push(labels);
+      this.#metrics.nodesWarm.set(labels, s.warmNodes ?? 0);
+      this.#metrics.nodesTarget.set(labels, s.targetNodes ?? 0);
+    }
+    this.#gaugeLabels.set(key, labelSets);
+
+    let requeue = p.requeueAfterMs;
+    const sooner = (ms: number): void => {
+      requeue = requeue === undefined ? ms : Math.min(requeue, ms);
+    };
+    if (schedule.kind === 'valid') sooner(Math.max(1_000, schedule.next - Date.now() + 50));
+    if (resolveError) {
+      const n = this.#resolveFailures.get(key) ?? 0;
+      this.#resolveFailures.set(key, n + 1);
+      sooner(Math.min(300_000, this.#opts.resolveRetryMs * 2 ** n));
+    } else {
+      this.#resolveFailures.delete(key);
+    }
+    if (this.#orphans.size > 0) sooner(this.#opts.progressPollMs * 5);
+    return requeue;
+  }
+
+  /** The cached object, or the status this controller last wrote if the cache lags behind it. */
+  #withWrittenStatus(key: string, cached: ImagePrewarm): ImagePrewarm {
+    const w = this.#written.get(key);
+    if (w && w.basedOn === cached.metadata.resourceVersion) return { ...cached, status: w.status };
+    if (w) this.#written.delete(key);
+    return cached;
+  }
+
+  async #writeStatus(key: string, cr: ImagePrewarm, status: ImagePrewarmStatus): Promise<void> {
+    const old = (cr.status ?? {}) as Record<string, unknown>;
+    if (stableJson(old) === stableJson(status)) return;
+    const patch: Record<string, unknown> = { ...status };
+    // Merge patch: a field that disappeared must be sent as null.
+    for (const k of Object.keys(old)) if (!(k in patch)) patch[k] = null;
+    await this.#kube.patchPrewarmStatus(cr.metadata.namespace, cr.metadata.name, patch);
+    this.#written.set(key, { basedOn: cr.metadata.resourceVersion ?? '', status });
+  }
+
+  /** Credentials from the spec's pull secrets; a missing or malformed one becomes a problem. */
+  async #credentials(
+    cr: ImagePrewarm,
+    problems: { reason: string; message: string }[],
+  ): Promise<Credentials | undefined> {
+    const names = (cr.spec.pullSecrets ?? []).map((s) => s.name);
+    if (names.length === 0) return undefined;
+    const merged = new StaticCredentials();
+    const hash = createHash('sha256');
+    for (const n of names) {
+      const secret = await this.#kube.readSecret(cr.metadata.namespace, n);
+      const raw = secret?.data['.dockerconfigjson'] ?? secret?.data['.dockercfg'];
+      if (!raw) {
+        problems.push({
+          reason: 'PullSecretMissing',
+          message: `secret ${cr.metadata.namespace}/${n} not found or has no .dockerconfigjson`,
+        });
+        continue;
+      }
+      try {
+        merged.merge(parseDockerConfig(raw.toString('utf8')));
+        hash.update(n).update(raw);
+      } catch (err) {
+        problems.push({
+          reason: 'PullSecretInvalid',
+          message: `secret ${cr.metadata.namespace}/${n}: ${(err as Error).message}`,
+        });
+      }
+    }
+    return merged.size > 0 ? { fingerprint: hash.digest('hex'), provider: merged } : undefined;
+  }
+
+  #slots(key: string): { cluster: number; registry: Map<string, number> } {
+    let total = 0;
+    const byRegistry = new Map<string, number>();
+    for (const [k, v] of this.#ledger) {
+      if (k === key) continue;
+      total += v.pending + v.active;
+      for (const [r, n] of v.byRegistry) byRegistry.set(r, (byRegistry.get(r) ?? 0) + n);
+    }
+    // Jobs this key already has in flight are counted by plan() itself.
+    const mine = this.#ledger.get(key);
+    const registry = new Map<string, number>();
+    for (const [host, limit] of Object.entries(this.#opts.registryMaxInFlight)) {
+      registry.set(host, limit - (byRegistry.get(host) ?? 0) - (mine?.byRegistry.get(host) ?? 0));
+    }
+    return {
+      cluster: this.#opts.maxInFlightJobs - total - (mine ? mine.pending + mine.active : 0),
+      registry,
+    };
+  }
+
+  #recordLedger(
+    key: string,
+    byRegistry: Map<string, number>,
+    jobs: ReadonlyMap<string, { state: string; owners: PrewarmOwnerRef[] }>,
+    enqueued: number,
+  ): void {
+    let pending = enqueued;
+    let active = 0;
+    const [namespace, name] = splitKey(key);
+    for (const obs of jobs.values()) {
+      if (!obs.owners.some((o) => o.namespace === namespace && o.name === name)) continue;
+      if (obs.state === 'pending') pending++;
+      else if (obs.state === 'active') active++;
+    }
+    this.#ledger.set(key, { byRegistry, pending, active });
+    let p = 0;
+    let a = 0;
+    for (const v of this.#ledger.values()) {
+      p += v.pending;
+      a += v.active;
+    }
+    this.#metrics.queueDepth.set({ state: 'pending' }, p);
+    this.#metrics.queueDepth.set({ state: 'active' }, a);
+  }
+
+  #recordCompletions(
+    completed: { jobId: string; finishedOn: number; triggeredAt: number; trigger: string }[],
+    jobs: ReadonlyMap<
+      string,
+      { result?: { bytesFromRegistry: number; bytesFromPeers: number }; triggeredAt?: number }
+    >,
+  ): void {
+    for (const c of completed) {
+      if (this.#seenCompleted.has(c.jobId)) continue;
+      if (this.#seenCompleted.size > 200_000) this.#seenCompleted.clear();
+      this.#seenCompleted.add(c.jobId);
+      // Completions from before this leadership term were counted by whoever led then.
+      if (c.finishedOn < this.#startedAt) continue;
+      const obs = jobs.get(c.jobId);
+      this.#metrics.triggerToWarmSeconds.observe(
+        { trigger: c.trigger },
+        Math.max(0, c.finishedOn - c.triggeredAt) / 1000,
+      );
+      if (obs?.result) {
+        this.#metrics.bytesFetched.inc({ source: 'registry' }, obs.result.bytesFromRegistry);
+        this.#metrics.bytesFetched.inc({ source: 'peers' }, obs.result.bytesFromPeers);
+      }
+    }
+  }
+
+  async #sweepOrphans(): Promise<void> {
+    for (const [id, ref] of this.#orphans) {
+      try {
+        if (await this.#jobs.removeIfOrphan(ref)) this.#orphans.delete(id);
+      } catch (err) {
+        this.#log.debug({ jobId: id, ...errFields(err) }, 'orphan removal failed');
+      }
+    }
+  }
+
+  /**
+   * Deletion: cancel pending jobs and unpin every digest on every node, then release the
+   * finalizer. Jobs shared with other ImagePrewarms only lose this owner.
+   */
+  async #finalize(key: string, cr: ImagePrewarm, owner: PrewarmOwnerRef): Promise<number | undefined> {
+    const finalizers = cr.metadata.finalizers ?? [];
+    if (!finalizers.includes(FINALIZER)) {
+      this.#forgetKey(key);
+      return undefined;
+    }
+    const digests = new Set<Digest>();
+    for (const s of cr.status?.images ?? []) for (const d of pinnedDigests(s)) digests.add(d);
+    for (const img of cr.spec.images ?? []) if (img.digest) digests.add(img.digest as Digest);
+    const nodes = this.#kube.nodes.list().map(nodeView);
+    const refs = jobRefsToObserve([dropOnly([...digests])], nodes, ['cache', 'unpack']);
+    const jobs = await this.#jobs.observe(refs);
+    let removed = 0;
+    for (const ref of refs) {
+      const obs = jobs.get(ref.jobId);
+      if (!obs?.owners.some((o) => o.uid === owner.uid)) continue;
+      const outcome = await this.#jobs.unpin(ref, owner.uid);
+      if (outcome === 'removed') removed++;
+      if (outcome === 'active-orphan') this.#orphans.set(ref.jobId, ref);
+    }
+    await this.#kube.setPrewarmFinalizers(
+      cr.metadata.namespace,
+      cr.metadata.name,
+      finalizers.filter((f) => f !== FINALIZER),
+      cr.metadata.resourceVersion ?? '',
+    );
+    this.#log.info({ prewarm: key, jobsRemoved: removed }, 'finalized: jobs cancelled, digests unpinned');
+    this.#forgetKey(key);
+    return this.#orphans.size > 0 ? this.#opts.progressPollMs * 5 : undefined;
+  }
+
+  #clearGauges(key: string): void {
+    for (const labels of this.#gaugeLabels.get(key) ?? []) {
+      this.#metrics.nodesWarm.remove(labels);
+      this.#metrics.nodesTarget.remove(labels);
+    }
+    this.#gaugeLabels.delete(key);
+  }
+
+  #forgetKey(key: string): void {
+    this.#triggers.delete(key);
+    this.#ledger.delete(key);
+    this.#warmth.delete(key);
+    this.#written.delete(key);
+    this.#resolveFailures.delete(key);
+    this.#clearGauges(key);
+    // Gated nodes this ImagePrewarm held may be free now.
+    for (const n of this.#kube.nodes.list()) {
+      if ((n.spec?.taints ?? []).some((t) => isStartupTaint({ key: t.key, effect: t.effect }))) {
+        this.#queue.add(N + (n.metadata?.name ?? ''));
+      }
+    }
+  }
+
+  /**
+   * A startup-gated node: remove the taint once every ImagePrewarm with
+   * `startup.gateNodes` that targets it reports its current digests warm there. A node no
+   * gating ImagePrewarm targets is released at once (nothing to wait for).
+   */
+  async #reconcileNode(name: string): Promise<number | undefined> {
+    const node = this.#kube.nodes.get(name);
+    if (!node) return undefined;
+    const view = nodeView(node);
+    if (!view.gated) return undefined;
+    // Only a Ready node is targeted; its readiness change brings the key back.
+    if (!view.ready) return undefined;
+    const gating = this.#kube.prewarms
+      .list()
+      .filter((p) => p.spec?.startup?.gateNodes === true && !p.metadata.deletionTimestamp)
+      .filter((p) => {
+        const why = exclusion(p.spec, view);
+        return why === undefined || why === 'cordoned';
+      });
+    for (const p of gating) {
+      const w = this.#warmth.get(prewarmKey(p));
+      if (!w || w.generation !== (p.metadata.generation ?? 0)) {
+        this.#queue.add(P + prewarmKey(p));
+        return undefined;
+      }
+      if (w.nodes.get(name) !== 'warm') return undefined;
+    }
+    const taints = (node.spec?.taints ?? []).filter((t) => !isStartupTaint({ key: t.key, effect: t.effect }));
+    await this.#kube.setNodeTaints(name, taints, node.metadata?.resourceVersion ?? '');
+    this.#metrics.gateReleases.inc();
+    this.#log.info({ node: name, gatedBy: gating.map(prewarmKey) }, 'startup taint removed: images warm');
+    return undefined;
+  }
+}
+
+function splitKey(key: string): [string, string] {
+  const i = key.indexOf('/');
+  return [key.slice(0, i), key.slice(i + 1)];
+}
+
+function uniquePlatforms(nodes: readonly NodeView[]): Platform[] {
+  const seen = new Map<string, Platform>();
+  for (const n of nodes) seen.set(formatPlatform(n.platform), n.platform);
+  return [...seen.values()];
+}
+
+/** A pseudo image that only carries digests to observe and unpin. */
+function dropOnly(digests: Digest[]): ResolvedImage {
+  return { name: '', repository: '', registry: '', previous: [], dropped: digests };
+}
+
+/** JSON with sorted keys, for change detection. */
+export function stableJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(stableJson).join(',')}]`;
+  if (v && typeof v === 'object' && !(v instanceof Date)) {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${stableJson(o[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v instanceof Date ? v.toISOString() : v);
+}
+
+export type { ImageStatus };
