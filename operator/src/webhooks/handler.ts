@@ -13,7 +13,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
-import { checkSecrets, nonNegativeInt, positiveInt } from './config.js';
+import { checkSecrets, invalidConfig, nonNegativeInt, positiveInt } from './config.js';
 import type { DedupStore } from './dedup-store.js';
 import { Dispatcher } from './dispatcher.js';
 import { isWebhookError, WebhookError, WebhookErrorCodes } from './errors.js';
@@ -78,6 +78,12 @@ export interface WebhookOptions {
   /** Events waiting for or in dispatch beyond which deliveries get 503. Default 1000. */
   maxPendingEvents?: number;
   /**
+   * How long a dedup claim may take before the event is dispatched without it (counted as
+   * `dedup_error`), ms. Default 2000: a Redis client that queues commands while reconnecting
+   * must not hold the sender's request open.
+   */
+  dedupTimeoutMs?: number;
+  /**
    * Forward pushes that carry no tag (pushes by digest, the child manifests of an index
    * push). Default false: ImagePrewarms watch tags, and an index push then counts once.
    */
@@ -134,12 +140,15 @@ interface Route {
  * option is out of range: a webhook endpoint anyone can call must not start half-configured.
  */
 export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions): WebhookHandler {
+  checkKnownKeys(options, OPTION_KEYS, 'options');
+  checkKnownKeys(options.sources, SOURCE_KEYS, 'sources');
   const basePath = normaliseBasePath(options.basePath ?? '/webhooks');
   const maxBodyBytes = positiveInt(options.maxBodyBytes ?? 1024 * 1024, 'maxBodyBytes');
   const bodyTimeoutMs = positiveInt(options.bodyTimeoutMs ?? 10_000, 'bodyTimeoutMs');
   const defaultMaxAge = positiveInt(options.maxEventAgeSeconds ?? 3600, 'maxEventAgeSeconds');
   const skewSeconds = nonNegativeInt(options.maxClockSkewSeconds ?? 300, 'maxClockSkewSeconds');
   const forwardUntagged = options.forwardUntagged ?? false;
+  const dedupTimeoutMs = positiveInt(options.dedupTimeoutMs ?? 2000, 'dedupTimeoutMs');
   const now = deps.now ?? Date.now;
   const log = deps.logger.child({ component: 'webhooks' });
   const metrics = new WebhookMetrics(deps.metrics);
@@ -153,6 +162,10 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
     routes.set(source.name, { source, maxEventAgeMs: seconds * 1000 });
   };
   const s = options.sources;
+  for (const [key, known] of Object.entries(SOURCE_OPTION_KEYS)) {
+    const o = s[key as keyof WebhookSourcesOptions];
+    if (o !== undefined) checkKnownKeys(o, known, `sources.${key}`);
+  }
   if (s.acr) add(acrSource(checkSecrets(s.acr, 'acr')), s.acr.maxEventAgeSeconds);
   if (s.ecr) add(ecrEventBridgeSource(checkSecrets(s.ecr, 'ecr')), s.ecr.maxEventAgeSeconds);
   if (s.ecrSns) add(ecrSnsSource(s.ecrSns), s.ecrSns.maxEventAgeSeconds);
@@ -258,7 +271,7 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
     for (const item of candidates) {
       let first: boolean;
       try {
-        first = await deps.dedup.claim(item.dedupKey, dedupTtlSeconds);
+        first = await withTimeout(deps.dedup.claim(item.dedupKey, dedupTtlSeconds), dedupTimeoutMs);
       } catch (err) {
         // Fail open: the operator's enqueue is idempotent, a lost push is not recoverable.
         ctx.log.warn({ err }, 'dedup store unavailable; dispatching without deduplication');
@@ -364,6 +377,67 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
       return drained;
     },
   };
+}
+
+const OPTION_KEYS: readonly (keyof WebhookOptions)[] = [
+  'sources',
+  'basePath',
+  'maxBodyBytes',
+  'bodyTimeoutMs',
+  'maxEventAgeSeconds',
+  'maxClockSkewSeconds',
+  'dedupTtlSeconds',
+  'dedupTimeoutMs',
+  'dispatchConcurrency',
+  'maxPendingEvents',
+  'forwardUntagged',
+];
+const SOURCE_KEYS: readonly (keyof WebhookSourcesOptions)[] = [
+  'acr',
+  'ecr',
+  'ecrSns',
+  'gcr',
+  'distribution',
+  'harbor',
+  'dockerhub',
+  'github',
+];
+
+const SOURCE_OPTION_KEYS: Record<keyof WebhookSourcesOptions, readonly string[]> = {
+  acr: ['header', 'secrets', 'registry', 'maxEventAgeSeconds'],
+  ecr: ['header', 'secrets', 'accounts', 'maxEventAgeSeconds'],
+  ecrSns: ['topicArns', 'certificates', 'certificateFetch', 'autoConfirm', 'accounts', 'maxEventAgeSeconds'],
+  gcr: ['tokens', 'oidc', 'subscriptions', 'maxEventAgeSeconds'],
+  distribution: ['header', 'secrets', 'registry', 'maxEventAgeSeconds'],
+  harbor: ['header', 'secrets', 'registry', 'maxEventAgeSeconds'],
+  dockerhub: ['tokens', 'registry', 'maxEventAgeSeconds'],
+  github: ['secrets', 'registry'],
+};
+
+/** Options usually come from a YAML file: a misspelt key must fail, not silently disable a check. */
+function checkKnownKeys(o: unknown, known: readonly string[], what: string): void {
+  if (typeof o !== 'object' || o === null || Array.isArray(o))
+    throw invalidConfig(`${what} must be an object`);
+  for (const k of Object.keys(o)) {
+    if (!known.includes(k))
+      throw invalidConfig(`unknown ${what} key ${JSON.stringify(k)} (known: ${known.join(', ')})`);
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`dedup store did not answer within ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
 }
 
 function unavailable(why: string): WebhookError {

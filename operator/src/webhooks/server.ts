@@ -31,12 +31,13 @@ export interface WebhookServer {
 }
 
 export function createWebhookServer(deps: WebhookDeps, options: WebhookServerOptions): WebhookServer {
-  const handler = createWebhookHandler(deps, options);
+  const { host, port, headersTimeoutMs, keepAliveTimeoutMs, ...handlerOptions } = options;
+  const handler = createWebhookHandler(deps, handlerOptions);
   // The handler answers 404 JSON for paths outside its base path too.
   const server: Server = createServer((req, res) => handler.handle(req, res));
-  server.headersTimeout = options.headersTimeoutMs ?? 10_000;
+  server.headersTimeout = headersTimeoutMs ?? 10_000;
   server.requestTimeout = (options.bodyTimeoutMs ?? 10_000) + server.headersTimeout;
-  server.keepAliveTimeout = options.keepAliveTimeoutMs ?? 5000;
+  server.keepAliveTimeout = keepAliveTimeoutMs ?? 5000;
   let closed: Promise<void> | undefined;
 
   const close = (timeoutMs = 10_000): Promise<void> => {
@@ -55,7 +56,7 @@ export function createWebhookServer(deps: WebhookDeps, options: WebhookServerOpt
     start: (signal) =>
       new Promise((resolve, reject) => {
         server.once('error', reject);
-        server.listen({ host: options.host ?? '0.0.0.0', port: options.port ?? 8080 }, () => {
+        server.listen({ host: host ?? '0.0.0.0', port: port ?? 8080 }, () => {
           server.off('error', reject);
           signal?.addEventListener('abort', () => void close(), { once: true });
           resolve(server.address() as AddressInfo);

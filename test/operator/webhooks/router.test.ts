@@ -200,6 +200,23 @@ describe('dispatch', () => {
     }
   });
 
+  it('does not let a hanging dedup store hold the request: dispatches after dedupTimeoutMs', async () => {
+    const hanging: DedupStore = { claim: () => new Promise(() => {}), release: async () => {} };
+    const h = await startHarness({
+      options: { dedupTimeoutMs: 50, sources: { distribution: { secrets: [TOKEN] } } },
+      dedup: hanging,
+    });
+    try {
+      const r = await h.post('distribution', pushEnvelope('hang-1'), auth);
+      assert.equal(r.status, 202);
+      await h.settle();
+      assert.equal(h.events.length, 1);
+      assert.equal(await h.counter(EVENTS_METRIC, { source: 'distribution', outcome: 'dedup_error' }), 1);
+    } finally {
+      await h.close();
+    }
+  });
+
   it('answers 503 with Retry-After when the backlog is full, without claiming the events', async () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => {
@@ -303,6 +320,12 @@ describe('configuration', () => {
     );
     invalid(() => createWebhookHandler(deps, { basePath: 'webhooks', sources: {} }));
     invalid(() => createWebhookHandler(deps, { maxBodyBytes: 0, sources: {} }));
+    // Misspelt keys from a YAML file must fail rather than silently fall back to defaults.
+    invalid(() => createWebhookHandler(deps, { sources: { quay: {} } } as never));
+    invalid(() => createWebhookHandler(deps, { maxbodybytes: 10, sources: {} } as never));
+    invalid(() =>
+      createWebhookHandler(deps, { sources: { acr: { secrets: [TOKEN], headr: 'x-key' } } } as never),
+    );
   });
 
   it('registers its counters once per registry', () => {
