@@ -165,6 +165,13 @@ export function ecrSnsSource(opts: EcrSnsSourceOptions): WebhookSource {
         // A key of another type or a garbled signature: try the next certificate.
       }
     }
+    // Not secret, and what an operator needs after AWS rotates its signing certificate.
+    ctx.log.warn(
+      {
+        signingCertUrl: typeof msg.SigningCertURL === 'string' ? msg.SigningCertURL.slice(0, 300) : undefined,
+      },
+      'SNS signature did not verify; if AWS rotated its certificate, add the new one to ecrSns.certificates',
+    );
     throw unauthenticated('SNS message signature does not verify against any trusted certificate');
   };
 
