@@ -4,7 +4,7 @@
  * Contract: output (stdout+stderr) goes to a log file, never to the test's own output;
  * readiness is polled (TCP port or HTTP URL) with a timeout whose error carries the tail of
  * that log; `stop()` is SIGTERM then SIGKILL after a grace period; nothing outlives the test
- * process: children are SIGKILLed from an exit/signal hook, and on Linux each child is also
+ * process: children are SIGKILLed from an exit/signal hook (`onProcessExit`), and on Linux each child is also
  * started under `setpriv --pdeathsig KILL`, so even a SIGKILLed test process takes its
  * children with it.
  */
@@ -12,6 +12,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { onProcessExit } from './tmp.js';
 
 /** How a child ended: exactly one of `code` / `signal` is non-null. */
 export interface ExitStatus {
@@ -56,16 +57,7 @@ function killAllNow(): void {
 function installHooks(): void {
   if (hooksInstalled) return;
   hooksInstalled = true;
-  process.on('exit', killAllNow);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    const onSignal = (): void => {
-      killAllNow();
-      process.removeListener(sig, onSignal);
-      // Re-raise so the default action (or another listener) still ends the process.
-      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
-    };
-    process.on(sig, onSignal);
-  }
+  onProcessExit(killAllNow);
 }
 
 // setpriv is util-linux; where it is missing we still have the exit hooks.

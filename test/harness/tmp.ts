@@ -6,10 +6,10 @@
  * net, temp dirs not yet removed when the test process exits are removed synchronously
  * by an exit hook, so a crashed test does not leave gigabytes behind in /tmp.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 /** Teardown function registered with a `Cleanup`. */
@@ -53,34 +53,97 @@ export class Cleanup {
 }
 
 /*
- * Process-wide on purpose: the exit hook must see every temp dir created by this test
- * process, whichever test created it. Nothing else reads this set.
+ * Process-wide on purpose: the exit hook must see every temp dir and child process this
+ * test process created, whichever test created it. Nothing else reads these.
  */
 const liveTempDirs = new Set<string>();
+const exitHooks: (() => void)[] = [];
 let exitHookInstalled = false;
 
-function installExitHook(): void {
+/**
+ * Registers a synchronous function to run when this process exits: normally, on an
+ * uncaught exception, or on SIGINT/SIGTERM/SIGHUP (which are turned into `process.exit(128+n)`
+ * so the hooks run, unless another listener for that signal exists). Nothing runs on SIGKILL:
+ * `spawnProcess` covers that case for children with a parent-death signal.
+ */
+export function onProcessExit(fn: () => void): void {
+  exitHooks.push(fn);
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   process.on('exit', () => {
-    for (const dir of liveTempDirs) {
+    for (const hook of exitHooks) {
       try {
-        rmSync(dir, { recursive: true, force: true });
+        hook();
       } catch {
         // Best effort at exit: nothing useful can be done with the error here.
       }
     }
+  });
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    const onSignal = (): void => {
+      process.removeListener(sig, onSignal);
+      if (process.listenerCount(sig) === 0) process.exit(128 + constants.signals[sig]);
+    };
+    process.on(sig, onSignal);
+  }
+}
+
+let tempDirHookInstalled = false;
+
+function installExitHook(): void {
+  if (tempDirHookInstalled) return;
+  tempDirHookInstalled = true;
+  onProcessExit(() => {
+    for (const dir of liveTempDirs) rmSync(dir, { recursive: true, force: true });
   });
 }
 
 function tempPrefix(prefix: string): string {
   if (!/^[A-Za-z0-9._-]{1,40}$/.test(prefix))
     throw new Error(`makeTempDir: bad prefix ${JSON.stringify(prefix)}`);
-  return join(tmpdir(), `kube-prewarm-${prefix}-`);
+  sweepStaleTempDirs();
+  return join(tmpdir(), `kube-prewarm-${prefix}-p${process.pid}-`);
+}
+
+const TEMP_DIR_RE = /^kube-prewarm-[A-Za-z0-9._-]+-p(\d+)-[A-Za-z0-9]{6}$/;
+let swept = false;
+
+/**
+ * Once per process: removes temp dirs left by test processes that no longer exist (a test
+ * process killed with SIGKILL cannot clean up). The creator's pid is part of each name.
+ */
+function sweepStaleTempDirs(): void {
+  if (swept) return;
+  swept = true;
+  let names: string[];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = Number(TEMP_DIR_RE.exec(name)?.[1]);
+    if (!pid || pid === process.pid || pidAlive(pid)) continue;
+    try {
+      rmSync(join(tmpdir(), name), { recursive: true, force: true });
+    } catch {
+      // Already gone, or not removable by us: not ours to worry about.
+    }
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: alive but owned by someone else.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /**
- * Creates a fresh directory `<os tmpdir>/kube-prewarm-<prefix>-XXXXXX` and returns its path.
+ * Creates a fresh directory `<os tmpdir>/kube-prewarm-<prefix>-p<pid>-XXXXXX` and returns its path.
  * With `cleanup`, its recursive removal is registered there; in any case it is removed at
  * process exit if still present. `prefix` must be `[A-Za-z0-9._-]{1,40}`.
  */
