@@ -12,6 +12,7 @@
  *                           profiles after s seconds and report the rate over what they got
  *                           (default 30; 0 = fetch the whole blob, ~10 min more)
  *   --no-curl               skip the curl shaping check (RTT, 1 stream, N ranges)
+ *   --curl-only             only the curl shaping check (no fetch methods)
  *   --keep                  keep the temp dir (logs) instead of removing it
  *
  * What runs: Debian's docker-registry on 127.0.0.1 (loopback profile; also used for the
@@ -21,9 +22,19 @@
  * See bench/README.md for the profiles and reference numbers.
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  createReadStream,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import type { ClientResult } from './fetch-client.js';
@@ -55,9 +66,12 @@ const LABELS: Record<Method, string> = {
   ctr: '(c) ctr content fetch',
   fetcher: '(d) kube-prewarm fetcher',
 };
-/** curl shaping check: single-stream duration and how much the parallel ranges fetch. */
+/**
+ * curl shaping check: single-stream duration, and how much the parallel ranges fetch (the
+ * whole blob on P1, like TESTBED's reference; half a GiB on the slower P2).
+ */
 const CURL_SINGLE_S = 15;
-const CURL_RANGES_BYTES = 512 * 2 ** 20;
+const CURL_RANGES_BYTES: Record<'P1' | 'P2', number> = { P1: Number.POSITIVE_INFINITY, P2: 512 * 2 ** 20 };
 
 interface Options {
   sizeMiB: number;
@@ -94,6 +108,7 @@ function parseOptions(argv: string[]): Options {
       methods: { type: 'string', default: ALL_METHODS.join(',') },
       'baseline-seconds': { type: 'string', default: '30' },
       'no-curl': { type: 'boolean', default: false },
+      'curl-only': { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
     },
   });
@@ -110,7 +125,7 @@ function parseOptions(argv: string[]): Options {
   return {
     sizeMiB,
     profiles: list(values.profiles, ALL_PROFILES, 'profile'),
-    methods: list(values.methods, ALL_METHODS, 'method'),
+    methods: values['curl-only'] ? [] : list(values.methods, ALL_METHODS, 'method'),
     baselineSeconds,
     curl: !values['no-curl'],
     keep: values.keep,
@@ -128,6 +143,21 @@ function dirBytes(dir: string): number {
     // Missing dir, or a temp file renamed away while we looked: count what we saw.
   }
   return total;
+}
+
+/**
+ * Finds the file named after the digest's hex under `dir` (the store layout is the
+ * fetcher's business; `blobs/sha256/<hex>` is expected) and hashes it. Undefined: not found.
+ */
+async function verifyStored(dir: string, digest: string): Promise<boolean | undefined> {
+  const hex = digest.slice('sha256:'.length);
+  const hit = readdirSync(dir, { recursive: true, withFileTypes: true }).find(
+    (e) => e.isFile() && e.name === hex,
+  );
+  if (!hit) return undefined;
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(join(hit.parentPath, hit.name)), hash);
+  return `sha256:${hash.digest('hex')}` === digest;
 }
 
 function have(cmd: string): boolean {
@@ -195,6 +225,10 @@ async function runNodeClient(ctx: Ctx, t: Target, method: 'undici' | 'fetcher'):
     row.wallS = res.wallS;
     row.cpuS = res.userS + res.sysS;
     row.procCpuS = r.userS + r.sysS;
+    if (method === 'fetcher' && row.complete && row.error === undefined) {
+      // Independent of the fetcher's own verification, and outside its measured CPU time.
+      row.digestOk = await verifyStored(out, ctx.image.layerDigest);
+    }
     return row;
   } finally {
     rmSync(out, { recursive: true, force: true });
@@ -297,7 +331,8 @@ async function runCtr(ctx: Ctx, t: Target): Promise<FetchRow> {
 /**
  * The shaping check, with curl from the client namespace: TCP connect time (the RTT the
  * NFQUEUE delay adds; ping would not show it), one stream for CURL_SINGLE_S seconds, and
- * N parallel ranges over the first CURL_RANGES_BYTES of the blob.
+ * N parallel ranges over the first CURL_RANGES_BYTES of the blob (split evenly; the last
+ * few bytes of the blob are left out when it does not divide).
  */
 async function curlCheck(
   ctx: Ctx,
@@ -341,7 +376,7 @@ async function curlCheck(
   if (r1.code !== 0 && r1.code !== 28) single.error = `curl exit ${r1.code}`;
 
   const n = p.curlRanges;
-  const total = Math.min(CURL_RANGES_BYTES, ctx.image.layerSize);
+  const total = Math.min(CURL_RANGES_BYTES[t.profile], ctx.image.layerSize);
   const per = Math.floor(total / n);
   const ranges = Array.from({ length: n }, (_, i) => `${i * per}-${(i + 1) * per - 1}`);
   const multi = baseRow(t, 'curl-N', `curl, ${n} ranges (check)`);

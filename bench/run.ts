@@ -22,12 +22,10 @@ if (name === undefined || !/^[a-z0-9-]+$/.test(name) || !existsSync(join(here, `
 const child = spawn(process.execPath, ['--import', 'tsx', join(here, `${name}.ts`), ...args], {
   stdio: 'inherit',
 });
-// The child is in our process group: a terminal's Ctrl-C reaches it directly. Forward
-// SIGTERM/SIGHUP (sent to us alone) so that it can clean up too.
+// Forward signals so that the benchmark cleans up whoever sent them (a terminal's Ctrl-C
+// reaches it directly as well; benchmarks must tolerate a repeated signal).
 for (const sig of ['SIGTERM', 'SIGHUP', 'SIGINT'] as const) {
-  process.on(sig, () => {
-    if (sig !== 'SIGINT') child.kill(sig);
-  });
+  process.on(sig, () => child.kill(sig));
 }
 child.on('exit', (code, signal) => {
   process.exitCode = code ?? (signal ? 128 : 1);

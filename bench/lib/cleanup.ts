@@ -37,7 +37,9 @@ export class Cleanup {
   installSignalHandlers(): void {
     process.on('exit', () => this.run());
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-      process.once(sig, () => {
+      // `on`, not `once`: a second signal (say, forwarded by a wrapper as well as sent by
+      // the terminal) must not fall back to the default action and skip the cleanup.
+      process.on(sig, () => {
         console.error(`\n${sig}: cleaning up`);
         this.run();
         // The conventional exit status for "killed by signal N".
