@@ -33,3 +33,13 @@ export function checkSecrets<T extends { secrets: string[] }>(o: T, what: string
   checkSecretList(o.secrets, what);
   return o;
 }
+
+/** Options usually come from a YAML file: a misspelt key must fail, not silently disable a check. */
+export function checkKnownKeys(o: unknown, known: readonly string[], what: string): void {
+  if (typeof o !== 'object' || o === null || Array.isArray(o))
+    throw invalidConfig(`${what} must be an object`);
+  for (const k of Object.keys(o)) {
+    if (!known.includes(k))
+      throw invalidConfig(`unknown ${what} key ${JSON.stringify(k)} (known: ${known.join(', ')})`);
+  }
+}

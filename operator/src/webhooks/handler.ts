@@ -13,7 +13,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
-import { checkSecrets, invalidConfig, nonNegativeInt, positiveInt } from './config.js';
+import { checkKnownKeys, checkSecrets, nonNegativeInt, positiveInt } from './config.js';
 import type { DedupStore } from './dedup-store.js';
 import { Dispatcher } from './dispatcher.js';
 import { isWebhookError, WebhookError, WebhookErrorCodes } from './errors.js';
@@ -413,16 +413,6 @@ const SOURCE_OPTION_KEYS: Record<keyof WebhookSourcesOptions, readonly string[]>
   dockerhub: ['tokens', 'registry', 'maxEventAgeSeconds'],
   github: ['secrets', 'registry'],
 };
-
-/** Options usually come from a YAML file: a misspelt key must fail, not silently disable a check. */
-function checkKnownKeys(o: unknown, known: readonly string[], what: string): void {
-  if (typeof o !== 'object' || o === null || Array.isArray(o))
-    throw invalidConfig(`${what} must be an object`);
-  for (const k of Object.keys(o)) {
-    if (!known.includes(k))
-      throw invalidConfig(`unknown ${what} key ${JSON.stringify(k)} (known: ${known.join(', ')})`);
-  }
-}
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   return new Promise((resolve, reject) => {

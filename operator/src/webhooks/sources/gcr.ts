@@ -19,7 +19,7 @@ import {
   jwtVerify,
 } from 'jose';
 import { parseReference } from '../../../../oci/src/reference.js';
-import { checkSecretList, invalidConfig } from '../config.js';
+import { checkKnownKeys, checkSecretList, invalidConfig } from '../config.js';
 import { forbidden, malformed, unauthenticated } from '../errors.js';
 import { headerValue } from '../http-body.js';
 import {
@@ -69,6 +69,11 @@ export function gcrPubSubSource(opts: GcrPubSubSourceOptions): WebhookSource {
   if (tokens === undefined && oidc === undefined) throw invalidConfig('gcr needs tokens and/or oidc');
   let keys: JWTVerifyGetKey | undefined;
   if (oidc !== undefined) {
+    checkKnownKeys(
+      oidc,
+      ['jwks', 'jwksUrl', 'audience', 'serviceAccountEmails', 'issuers'],
+      'sources.gcr.oidc',
+    );
     if (oidc.jwks !== undefined) keys = createLocalJWKSet(oidc.jwks);
     else if (oidc.jwksUrl !== undefined) keys = createRemoteJWKSet(new URL(oidc.jwksUrl));
     else throw invalidConfig('gcr.oidc needs jwks or jwksUrl');

@@ -16,7 +16,7 @@
  * messages carry no signature and are refused.
  */
 import { verify, X509Certificate } from 'node:crypto';
-import { invalidConfig } from '../config.js';
+import { checkKnownKeys, invalidConfig } from '../config.js';
 import { forbidden, malformed, unauthenticated, WebhookError, WebhookErrorCodes } from '../errors.js';
 import { headerValue } from '../http-body.js';
 import { parseEcrEvent } from './ecr.js';
@@ -104,6 +104,14 @@ export function ecrSnsSource(opts: EcrSnsSourceOptions): WebhookSource {
       throw invalidConfig(`ecrSns.certificates[${i}] is not a PEM certificate: ${(err as Error).message}`);
     }
   });
+  for (const k of ['certificateFetch', 'autoConfirm'] as const) {
+    const o = opts[k];
+    if (o === undefined) continue;
+    checkKnownKeys(o, ['allowedHosts', 'ca', 'timeoutMs'], `sources.ecrSns.${k}`);
+    if (!Array.isArray(o.allowedHosts) || o.allowedHosts.length === 0) {
+      throw invalidConfig(`ecrSns.${k}.allowedHosts must list at least one host`);
+    }
+  }
   const certFetcher =
     opts.certificateFetch === undefined ? undefined : new OutboundFetcher(opts.certificateFetch);
   const confirmer = opts.autoConfirm === undefined ? undefined : new OutboundFetcher(opts.autoConfirm);
