@@ -319,6 +319,39 @@ describe('token auth', () => {
     });
   }
 
+  test('OAuth2 POST (grant_type=password, as containerd sends with credentials) issues a usable token', async () => {
+    const ts = await startTokenServer({ users });
+    cleanup.defer(() => ts.stop());
+    const reg = await startRegistry({ auth: { token: ts } });
+    cleanup.defer(() => reg.close());
+    const img = await pushImage(reg, {
+      repository: 'oauth/img',
+      tag: 'v1',
+      layers: [{ files: { a: 'a' } }],
+      creds: { username: 'pusher', password: 'push-pw' },
+    });
+    const form = (password: string): URLSearchParams =>
+      new URLSearchParams({
+        grant_type: 'password',
+        username: 'reader',
+        password,
+        service: ts.service,
+        scope: 'repository:oauth/img:pull',
+        client_id: 'selftest',
+      });
+    const bad = await fetch(ts.realm, { method: 'POST', body: form('wrong') });
+    assert.equal(bad.status, 401);
+    const tr = await fetch(ts.realm, { method: 'POST', body: form('read-pw') });
+    assert.equal(tr.status, 200);
+    const { access_token: token } = (await tr.json()) as { access_token: string };
+    const res = await fetch(`${reg.url}/v2/oauth/img/manifests/v1`, {
+      headers: { Authorization: `Bearer ${token}`, Accept: ALL_MANIFEST_TYPES },
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('docker-content-digest'), img.digest);
+    assert.deepEqual(ts.log.at(-1)!.granted, [{ type: 'repository', name: 'oauth/img', actions: ['pull'] }]);
+  });
+
   test('allowAnonymous grants pull only; a token with a JWK-thumbprint kid is refused', async () => {
     const ts = await startTokenServer({ users, allowAnonymous: true });
     cleanup.defer(() => ts.stop());

@@ -63,7 +63,7 @@ export interface FaultRules {
   ignoreRange: boolean | RegExp;
   /**
    * When set to an origin (`http://127.0.0.1:<port>`, normally `proxy.blobStorage.url`), a blob
-   * GET that the upstream would answer 200 (checked with a HEAD carrying the client's headers,
+   * GET that the upstream would answer 200/206 (checked with a HEAD carrying the client's headers,
    * so auth is still enforced) is answered `307` to `<origin>/storage/<name>/<digest>?sig=...`.
    */
   redirectBlobsTo: string | null;
@@ -392,6 +392,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
         }
       };
       if (cutLeft === 0) {
+        countBytes(0);
         cutNow();
         return;
       }
