@@ -1,0 +1,679 @@
+/**
+ * The Helm chart (helm/kube-prewarm): `helm lint`, `helm template` with several value
+ * sets, and the wiring that matters, checked against the code it configures rather than
+ * against copied strings:
+ * - the rendered env of each container goes through the binaries' own config loaders
+ *   (operator/src/config.ts, agent/src/daemon/config.ts), so a renamed variable or a
+ *   value the binary would refuse fails here;
+ * - the rendered webhook Secret goes through the operator's own webhook router builder;
+ * - the CRD in the chart is byte-identical to crds/;
+ * - values.schema.json refuses bad values with the offending path.
+ * The real-apiserver checks (server-side dry-run, RBAC through the authorizer) are in
+ * chart-apiserver.test.ts.
+ */
+import assert from 'node:assert/strict';
+import { readdir, readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { describe, test } from 'node:test';
+import { Registry } from 'prom-client';
+import { parse as parseYaml } from 'yaml';
+import { AGENT_SETTINGS, loadConfig as loadAgentConfig } from '../../agent/src/daemon/config.js';
+import {
+  loadConfig as loadOperatorConfig,
+  SETTINGS as OPERATOR_SETTINGS,
+} from '../../operator/src/config.js';
+import {
+  createWebhookHandler,
+  MemoryDedupStore,
+  silentLogger,
+  type WebhookOptions,
+} from '../../operator/src/webhooks/index.js';
+import { REPO_ROOT } from '../harness/kube.js';
+import {
+  all,
+  allows,
+  CHART_DIR,
+  containerEnv,
+  envNames,
+  helm,
+  type K8sObject,
+  NAMESPACE,
+  one,
+  RELEASE,
+  render,
+  renderError,
+} from './render.js';
+
+const FULL = `${RELEASE}-kube-prewarm`;
+const SECRET_A = 'a-webhook-secret-0123456789';
+const SECRET_B = 'another-webhook-secret-9876';
+const SERVICE_MONITOR = 'monitoring.coreos.com/v1/ServiceMonitor';
+
+const operatorEnvNames = new Set(Object.values(OPERATOR_SETTINGS).map((s) => s.env));
+const agentEnvNames = new Set(Object.values(AGENT_SETTINGS).map((s) => s.env));
+
+/** Env vars a chart container sets that are not settings themselves (helpers for $(...)). */
+const HELPER_ENV = new Set(['REDIS_PASSWORD']);
+
+const container = (o: K8sObject, name: string) => {
+  const c = o.spec.template.spec.containers.find((x: { name: string }) => x.name === name);
+  assert.ok(c, `${o.kind} ${o.metadata.name} has no container ${name}`);
+  return c;
+};
+
+/** Secret data (base64 `data` or `stringData`) of the rendered Secrets, by `name/key`. */
+function secretFacts(objs: K8sObject[], extra: Record<string, string> = {}): Record<string, string> {
+  const out: Record<string, string> = { ...extra };
+  for (const s of all(objs, 'Secret')) {
+    for (const [k, v] of Object.entries((s.data ?? {}) as Record<string, string>))
+      out[`${s.metadata.name}/${k}`] = Buffer.from(v, 'base64').toString('utf8');
+    for (const [k, v] of Object.entries((s.stringData ?? {}) as Record<string, string>))
+      out[`${s.metadata.name}/${k}`] = v;
+  }
+  return out;
+}
+
+function operatorEnv(objs: K8sObject[], extraSecrets: Record<string, string> = {}) {
+  const dep = one(objs, 'Deployment', '-operator');
+  return containerEnv(container(dep, 'operator'), {
+    fields: { 'metadata.name': `${FULL}-operator-5d9c7-abcde`, 'metadata.namespace': NAMESPACE },
+    secrets: secretFacts(objs, extraSecrets),
+  });
+}
+
+function agentEnv(objs: K8sObject[], extraSecrets: Record<string, string> = {}) {
+  const ds = one(objs, 'DaemonSet', '-agent');
+  return containerEnv(container(ds, 'agent'), {
+    fields: { 'spec.nodeName': 'node-a.example' },
+    secrets: secretFacts(objs, extraSecrets),
+  });
+}
+
+describe('helm lint', () => {
+  const valueSets: Record<string, unknown> = {
+    defaults: {},
+    externalRedis: {
+      redis: { enabled: false, external: { url: 'rediss://redis.example:6380/2', passwordSecret: 'r' } },
+    },
+    webhooks: {
+      webhooks: {
+        enabled: true,
+        sources: { distribution: { secrets: [SECRET_A] } },
+        ingress: { enabled: true },
+      },
+    },
+    everything: {
+      operator: { watchNamespace: 'team-a' },
+      agent: { rbac: { readPullSecrets: true }, priorityClassName: 'system-node-critical' },
+      monitoring: { serviceMonitor: { enabled: true } },
+      networkPolicy: { enabled: true, redisNodeCidrs: ['10.0.0.0/16'] },
+    },
+  };
+  for (const [name, values] of Object.entries(valueSets)) {
+    test(`passes --strict with ${name} values`, async () => {
+      const r = await helm(['lint', '--strict', CHART_DIR, '--kube-version', '1.34.0'], values);
+      assert.equal(r.code, 0, `helm lint failed:\n${r.stdout}\n${r.stderr}`);
+      assert.match(r.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
+    });
+  }
+});
+
+describe('CRDs', () => {
+  test('the chart ships exactly the repository crds/, byte for byte', async () => {
+    const repo = (await readdir(join(REPO_ROOT, 'crds'))).filter((f) => /\.ya?ml$/.test(f)).sort();
+    const chart = (await readdir(join(CHART_DIR, 'crds'))).filter((f) => /\.ya?ml$/.test(f)).sort();
+    assert.deepEqual(chart, repo, 'run helm/sync-crds.sh');
+    for (const f of repo) {
+      const a = await readFile(join(REPO_ROOT, 'crds', f), 'utf8');
+      const b = await readFile(join(CHART_DIR, 'crds', f), 'utf8');
+      assert.ok(a === b, `helm/kube-prewarm/crds/${f} differs from crds/${f}: run helm/sync-crds.sh`);
+    }
+  });
+
+  test('helm template does not template them (Helm installs crds/ itself)', async () => {
+    const objs = await render();
+    assert.equal(all(objs, 'CustomResourceDefinition').length, 0);
+    const withCrds = await render({}, { args: ['--include-crds'] });
+    const crd = one(withCrds, 'CustomResourceDefinition');
+    assert.equal(crd.metadata.name, 'imageprewarms.prewarm.kube-prewarm.io');
+  });
+});
+
+describe('default values', () => {
+  test('render the operator, agents, bundled Redis, RBAC and a PDB, and no optional extras', async () => {
+    const objs = await render();
+    const kinds = objs.map((o) => `${o.kind}/${o.metadata.name}`).sort();
+    for (const want of [
+      `Deployment/${FULL}-operator`,
+      `DaemonSet/${FULL}-agent`,
+      `StatefulSet/${FULL}-redis`,
+      `Service/${FULL}-operator`,
+      `Service/${FULL}-agent`,
+      `Service/${FULL}-redis`,
+      `Secret/${FULL}-redis`,
+      `ConfigMap/${FULL}-redis`,
+      `ServiceAccount/${FULL}-operator`,
+      `ServiceAccount/${FULL}-agent`,
+      `ClusterRole/${FULL}-operator`,
+      `ClusterRoleBinding/${FULL}-operator`,
+      `Role/${FULL}-leader-election`,
+      `RoleBinding/${FULL}-leader-election`,
+      `PodDisruptionBudget/${FULL}-operator`,
+    ])
+      assert.ok(kinds.includes(want), `missing ${want} in ${kinds.join(', ')}`);
+    for (const absent of ['ServiceMonitor', 'NetworkPolicy', 'Ingress'])
+      assert.equal(all(objs, absent).length, 0, `${absent} rendered by default`);
+    assert.equal(
+      objs.filter((o) => o.metadata.name.includes('webhooks')).length,
+      0,
+      'webhook objects without webhooks.enabled',
+    );
+    for (const o of objs) {
+      if (['ClusterRole', 'ClusterRoleBinding'].includes(o.kind)) continue;
+      assert.equal(o.metadata.namespace, NAMESPACE, `${o.kind}/${o.metadata.name} namespace`);
+      assert.equal(o.metadata.labels?.['app.kubernetes.io/instance'], RELEASE);
+    }
+  });
+
+  test('operator: 2 replicas, probes on /healthz and /readyz, env accepted by operator/src/config.ts', async () => {
+    const objs = await render();
+    const dep = one(objs, 'Deployment', '-operator');
+    assert.equal(dep.spec.replicas, 2);
+    const c = container(dep, 'operator');
+    assert.deepEqual(c.args, ['operator']);
+    assert.equal(c.livenessProbe.httpGet.path, '/healthz');
+    assert.equal(c.readinessProbe.httpGet.path, '/readyz');
+    assert.equal(c.readinessProbe.httpGet.port, 'http');
+    const port = c.ports.find((p: { name: string }) => p.name === 'http').containerPort;
+
+    for (const name of envNames(c))
+      assert.ok(operatorEnvNames.has(name) || HELPER_ENV.has(name), `operator env ${name} is not a setting`);
+    const env = operatorEnv(objs);
+    const cfg = loadOperatorConfig(env);
+    assert.equal(cfg.httpPort, port, 'the probes and the Service target the port the operator listens on');
+    assert.equal(cfg.leaseNamespace, NAMESPACE);
+    assert.equal(cfg.leaseName, `${FULL}-operator`);
+    assert.equal(cfg.identity, `${FULL}-operator-5d9c7-abcde`, 'the pod name is the Lease identity');
+    assert.equal(cfg.watchNamespace, '');
+    assert.ok(cfg.leaseDurationMs > cfg.renewDeadlineMs && cfg.renewDeadlineMs > cfg.retryPeriodMs);
+
+    // Redis: the password comes from the generated Secret and reaches the URL through $(REDIS_PASSWORD).
+    const redisUrl = new URL(cfg.redisUrl);
+    assert.equal(redisUrl.host, `${FULL}-redis.${NAMESPACE}.svc:6379`);
+    const secret = one(objs, 'Secret', '-redis');
+    const password = Buffer.from(secret.data['redis-password'], 'base64').toString();
+    assert.match(password, /^[A-Za-z0-9]{32}$/);
+    assert.equal(redisUrl.password, password);
+    assert.ok(!JSON.stringify(dep).includes(password), 'the password is not in the Deployment');
+
+    const svc = one(objs, 'Service', '-operator');
+    assert.equal(svc.spec.ports[0].targetPort, 'http');
+    assert.deepEqual(svc.spec.selector, dep.spec.selector.matchLabels);
+    assert.equal(
+      dep.spec.template.spec.terminationGracePeriodSeconds * 1000 > cfg.shutdownTimeoutMs,
+      true,
+      'the grace period outlasts the graceful shutdown',
+    );
+    const pdb = one(objs, 'PodDisruptionBudget');
+    assert.deepEqual(pdb.spec.selector.matchLabels, dep.spec.selector.matchLabels);
+  });
+
+  test('agent DaemonSet: host network, downward API node name, store/socket/certs.d mounts, env accepted by agent config', async () => {
+    const objs = await render();
+    const ds = one(objs, 'DaemonSet', '-agent');
+    const pod = ds.spec.template.spec;
+    const c = container(ds, 'agent');
+    assert.deepEqual(c.args, ['agent']);
+    assert.equal(pod.hostNetwork, true, 'containerd reaches the mirror on the node loopback');
+    assert.equal(
+      pod.dnsPolicy,
+      'ClusterFirstWithHostNet',
+      'the Redis Service name must resolve on the host network',
+    );
+    assert.deepEqual(pod.tolerations, [{ operator: 'Exists' }], 'runs on every node');
+    assert.equal(pod.automountServiceAccountToken, false, 'no API token unless it reads pull secrets');
+    assert.deepEqual(c.securityContext.capabilities.drop, ['ALL']);
+    assert.equal(c.securityContext.allowPrivilegeEscalation, false);
+    assert.ok(c.resources.requests.cpu && c.resources.limits.memory);
+
+    const nodeVar = c.env.find((e: { name: string }) => e.name === AGENT_SETTINGS.nodeName.env);
+    assert.equal(nodeVar?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
+    for (const name of envNames(c))
+      assert.ok(agentEnvNames.has(name) || HELPER_ENV.has(name), `agent env ${name} is not a setting`);
+    const cfg = loadAgentConfig(agentEnv(objs));
+    assert.equal(cfg.nodeName, 'node-a.example');
+    assert.equal(new URL(cfg.redisUrl).host, `${FULL}-redis.${NAMESPACE}.svc:6379`);
+
+    const mounts = new Map<string, string>(
+      c.volumeMounts.map((m: { name: string; mountPath: string }) => [m.mountPath, m.name]),
+    );
+    const volumes = new Map<string, { hostPath?: { path: string; type: string } }>(
+      pod.volumes.map((v: { name: string }) => [v.name, v]),
+    );
+    /** The hostPath behind the mount that holds `path` inside the container. */
+    const hostPathOf = (path: string) => {
+      let best = '';
+      for (const m of mounts.keys())
+        if ((path === m || path.startsWith(`${m}/`)) && m.length > best.length) best = m;
+      assert.ok(best, `nothing mounted at ${path}`);
+      return { mount: best, volume: volumes.get(mounts.get(best)!)! };
+    };
+    const store = hostPathOf(cfg.storePath);
+    assert.equal(store.volume.hostPath?.path, '/var/lib/kube-prewarm');
+    assert.equal(store.volume.hostPath?.type, 'DirectoryOrCreate');
+    const sock = hostPathOf(cfg.containerdSocket);
+    assert.equal(sock.mount, cfg.containerdSocket);
+    assert.deepEqual(sock.volume.hostPath, { path: '/run/containerd/containerd.sock', type: 'Socket' });
+    const certs = hostPathOf('/etc/containerd/certs.d/docker.io/hosts.toml');
+    assert.deepEqual(certs.volume.hostPath, { path: '/etc/containerd/certs.d', type: 'DirectoryOrCreate' });
+    assert.ok(hostPathOf('/tmp/x').volume, 'a writable /tmp next to the read-only root');
+
+    const ports = new Map(
+      c.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]),
+    );
+    assert.equal(ports.get('http'), cfg.httpPort);
+    assert.equal(ports.get('mirror'), cfg.mirrorPort);
+    assert.ok(ds.spec.template.spec.terminationGracePeriodSeconds * 1000 > cfg.shutdownTimeoutMs);
+  });
+
+  test('bundled Redis: one replica, AOF on a PVC, noeviction, password from the Secret', async () => {
+    const objs = await render();
+    const sts = one(objs, 'StatefulSet', '-redis');
+    assert.equal(sts.spec.replicas, 1);
+    const conf = one(objs, 'ConfigMap', '-redis').data['redis.conf'] as string;
+    assert.match(conf, /^appendonly yes$/m);
+    assert.match(conf, /^maxmemory-policy noeviction$/m, 'BullMQ requires noeviction');
+    assert.match(conf, /^dir \/data$/m);
+    const pvc = sts.spec.volumeClaimTemplates[0];
+    assert.equal(pvc.metadata.name, 'data');
+    assert.equal(pvc.spec.resources.requests.storage, '2Gi');
+    const c = container(sts, 'redis');
+    assert.ok(
+      c.volumeMounts.some(
+        (m: { name: string; mountPath: string }) => m.name === 'data' && m.mountPath === '/data',
+      ),
+    );
+    assert.deepEqual(c.args.slice(-2), ['--requirepass', '$(REDIS_PASSWORD)']);
+    const pw = c.env.find((e: { name: string }) => e.name === 'REDIS_PASSWORD');
+    assert.deepEqual(pw.valueFrom.secretKeyRef, { name: `${FULL}-redis`, key: 'redis-password' });
+    assert.ok(
+      c.env.some((e: { name: string }) => e.name === 'REDISCLI_AUTH'),
+      'probes authenticate',
+    );
+
+    const ephemeral = await render({ redis: { persistence: { enabled: false }, auth: { enabled: false } } });
+    const sts2 = one(ephemeral, 'StatefulSet', '-redis');
+    assert.equal(sts2.spec.volumeClaimTemplates, undefined);
+    assert.ok(
+      sts2.spec.template.spec.volumes.some(
+        (v: { name: string; emptyDir?: object }) => v.name === 'data' && v.emptyDir,
+      ),
+    );
+    assert.equal(all(ephemeral, 'Secret').length, 0);
+    assert.equal(
+      loadOperatorConfig(operatorEnv(ephemeral)).redisUrl,
+      `redis://${FULL}-redis.${NAMESPACE}.svc:6379/0`,
+    );
+  });
+});
+
+describe('RBAC', () => {
+  test('operator: ImagePrewarms, status, finalizers, nodes (incl. patch), secrets get, events, its one Lease', async () => {
+    const objs = await render();
+    const cr = one(objs, 'ClusterRole', '-operator');
+    const g = 'prewarm.kube-prewarm.io';
+    for (const v of ['get', 'list', 'watch', 'patch'])
+      assert.ok(allows(cr.rules, g, 'imageprewarms', v), `imageprewarms ${v}`);
+    for (const v of ['get', 'patch'])
+      assert.ok(allows(cr.rules, g, 'imageprewarms/status', v), `status ${v}`);
+    assert.ok(allows(cr.rules, g, 'imageprewarms/finalizers', 'update'));
+    for (const v of ['get', 'list', 'watch', 'patch'])
+      assert.ok(allows(cr.rules, '', 'nodes', v), `nodes ${v}`);
+    assert.ok(allows(cr.rules, '', 'secrets', 'get'));
+    assert.ok(!allows(cr.rules, '', 'secrets', 'list'), 'never list secrets');
+    assert.ok(allows(cr.rules, '', 'events', 'create'));
+    assert.ok(!allows(cr.rules, '', 'nodes', 'delete'));
+    assert.ok(!allows(cr.rules, '', 'pods', 'create'), 'the operator starts no pods (no Job per node×image)');
+
+    const binding = one(objs, 'ClusterRoleBinding', '-operator');
+    assert.equal(binding.roleRef.name, cr.metadata.name);
+    assert.deepEqual(binding.subjects, [
+      { kind: 'ServiceAccount', name: `${FULL}-operator`, namespace: NAMESPACE },
+    ]);
+
+    const leaseName = loadOperatorConfig(operatorEnv(objs)).leaseName;
+    const role = one(objs, 'Role', '-leader-election');
+    const cl = 'coordination.k8s.io';
+    assert.ok(allows(role.rules, cl, 'leases', 'create'));
+    assert.ok(allows(role.rules, cl, 'leases', 'get', leaseName));
+    assert.ok(allows(role.rules, cl, 'leases', 'update', leaseName));
+    assert.ok(!allows(role.rules, cl, 'leases', 'update', 'someone-elses-lease'));
+    assert.equal(one(objs, 'RoleBinding', '-leader-election').subjects[0].name, `${FULL}-operator`);
+  });
+
+  test('agent: no role by default; with readPullSecrets, secrets get and nodes get only', async () => {
+    const objs = await render();
+    assert.equal(objs.filter((o) => o.kind.endsWith('Role') && o.metadata.name.includes('-agent')).length, 0);
+    const withSecrets = await render({ agent: { rbac: { readPullSecrets: true } } });
+    const roles = withSecrets.filter((o) => o.kind === 'ClusterRole' && o.metadata.name.includes('-agent'));
+    const rules = roles.flatMap((r) => r.rules);
+    assert.ok(allows(rules, '', 'secrets', 'get'));
+    assert.ok(allows(rules, '', 'nodes', 'get'));
+    for (const [res, verb] of [
+      ['secrets', 'list'],
+      ['secrets', 'watch'],
+      ['nodes', 'patch'],
+      ['pods', 'get'],
+    ] as const)
+      assert.ok(!allows(rules, '', res, verb), `agent must not ${verb} ${res}`);
+    assert.equal(one(withSecrets, 'DaemonSet').spec.template.spec.automountServiceAccountToken, true);
+  });
+
+  test('watchNamespace: namespaced access becomes a Role there; nodes stay cluster-wide', async () => {
+    const objs = await render({
+      operator: { watchNamespace: 'team-a' },
+      agent: { rbac: { readPullSecrets: true } },
+    });
+    const cr = one(objs, 'ClusterRole', '-operator');
+    assert.ok(allows(cr.rules, '', 'nodes', 'patch'));
+    assert.ok(!allows(cr.rules, 'prewarm.kube-prewarm.io', 'imageprewarms', 'list'));
+    assert.ok(!allows(cr.rules, '', 'secrets', 'get'));
+    const role = objs.find((o) => o.kind === 'Role' && o.metadata.name === `${FULL}-operator`);
+    assert.equal(role?.metadata.namespace, 'team-a');
+    assert.ok(allows(role!.rules, 'prewarm.kube-prewarm.io', 'imageprewarms', 'watch'));
+    assert.ok(allows(role!.rules, '', 'secrets', 'get'));
+    const agentRole = objs.find((o) => o.kind === 'Role' && o.metadata.name === `${FULL}-agent`);
+    assert.equal(agentRole?.metadata.namespace, 'team-a');
+    assert.equal(loadOperatorConfig(operatorEnv(objs)).watchNamespace, 'team-a');
+  });
+
+  test('rbac.create=false renders no roles or bindings', async () => {
+    const objs = await render({ rbac: { create: false } });
+    assert.equal(objs.filter((o) => /Role(Binding)?$/.test(o.kind)).length, 0);
+  });
+});
+
+describe('external Redis', () => {
+  test('URL plus password Secret: no bundled Redis, password substituted into the URL both binaries read', async () => {
+    const values = {
+      redis: {
+        enabled: false,
+        external: { url: 'rediss://redis.example.com:6380/2', passwordSecret: 'my-redis' },
+      },
+    };
+    const objs = await render(values);
+    assert.equal(all(objs, 'StatefulSet').length, 0);
+    assert.equal(objs.filter((o) => o.metadata.name.endsWith('-redis')).length, 0);
+    const secrets = { 'my-redis/redis-password': 's3cret' };
+    const op = loadOperatorConfig(operatorEnv(objs, secrets));
+    const ag = loadAgentConfig(agentEnv(objs, secrets));
+    for (const url of [op.redisUrl, ag.redisUrl])
+      assert.equal(url, 'rediss://:s3cret@redis.example.com:6380/2');
+  });
+
+  test('an ACL user in the URL keeps its name and gets the password', async () => {
+    const objs = await render({
+      redis: {
+        enabled: false,
+        external: { url: 'redis://prewarm@redis.example.com:6379', passwordSecret: 'p' },
+      },
+    });
+    assert.equal(
+      loadAgentConfig(agentEnv(objs, { 'p/redis-password': 'pw' })).redisUrl,
+      'redis://prewarm:pw@redis.example.com:6379',
+    );
+  });
+
+  test('urlSecret: the whole URL comes from a Secret', async () => {
+    const objs = await render({ redis: { enabled: false, external: { urlSecret: 'redis-url' } } });
+    const dep = one(objs, 'Deployment');
+    const v = container(dep, 'operator').env.find((e: { name: string }) => e.name === 'KPRW_REDIS_URL');
+    assert.deepEqual(v.valueFrom.secretKeyRef, { name: 'redis-url', key: 'redis-url' });
+    const facts = { 'redis-url/redis-url': 'redis://:x@10.1.2.3:6379' };
+    assert.equal(loadOperatorConfig(operatorEnv(objs, facts)).redisUrl, 'redis://:x@10.1.2.3:6379');
+    assert.equal(loadAgentConfig(agentEnv(objs, facts)).redisUrl, 'redis://:x@10.1.2.3:6379');
+  });
+
+  test('no password: the URL is used as given', async () => {
+    const objs = await render({ redis: { enabled: false, external: { url: 'redis://10.0.0.5:6379' } } });
+    assert.equal(loadOperatorConfig(operatorEnv(objs)).redisUrl, 'redis://10.0.0.5:6379');
+    assert.ok(!envNames(container(one(objs, 'Deployment'), 'operator')).includes('REDIS_PASSWORD'));
+  });
+});
+
+describe('webhooks', () => {
+  const values = {
+    webhooks: {
+      enabled: true,
+      sources: {
+        distribution: { secrets: [SECRET_A] },
+        acr: { header: 'x-acr-token', secrets: [SECRET_A, SECRET_B], registry: 'myreg.azurecr.io' },
+        github: { secrets: [SECRET_B] },
+        dockerhub: { tokens: [SECRET_A] },
+      },
+      options: { maxBodyBytes: 262144 },
+      ingress: { enabled: true, host: 'hooks.example.com', className: 'nginx' },
+    },
+  };
+
+  test('one Secret with webhooks.yaml that the operator’s own webhook builder accepts', async () => {
+    const objs = await render(values);
+    const secret = one(objs, 'Secret', '-webhooks');
+    assert.deepEqual(Object.keys(secret.stringData), ['webhooks.yaml']);
+    const options = parseYaml(secret.stringData['webhooks.yaml']) as WebhookOptions;
+    assert.equal(options.maxBodyBytes, 262144);
+    assert.deepEqual(options.sources.acr?.secrets, [SECRET_A, SECRET_B]);
+    const handler = createWebhookHandler(
+      {
+        onPush: async () => undefined,
+        dedup: new MemoryDedupStore(),
+        logger: silentLogger(),
+        metrics: new Registry(),
+      },
+      options,
+    );
+    try {
+      assert.deepEqual([...handler.sources].sort(), ['acr', 'distribution', 'dockerhub', 'github']);
+      assert.equal(handler.basePath, '/webhooks');
+    } finally {
+      await handler.close(1000);
+    }
+  });
+
+  test('the operator reads it from the mounted path; config changes roll the pods; Ingress exposes only /webhooks', async () => {
+    const objs = await render(values);
+    const dep = one(objs, 'Deployment');
+    const cfg = loadOperatorConfig(operatorEnv(objs));
+    const c = container(dep, 'operator');
+    const mount = c.volumeMounts.find(
+      (m: { mountPath: string }) => m.mountPath === dirname(cfg.webhooksConfig),
+    );
+    assert.ok(mount, `nothing mounted at ${dirname(cfg.webhooksConfig)}`);
+    const vol = dep.spec.template.spec.volumes.find((v: { name: string }) => v.name === mount.name);
+    assert.equal(vol.secret.secretName, `${FULL}-webhooks`);
+    assert.deepEqual(vol.secret.items, [{ key: 'webhooks.yaml', path: 'webhooks.yaml' }]);
+    assert.equal(cfg.webhooksConfig.endsWith('/webhooks.yaml'), true);
+
+    const sum = dep.spec.template.metadata.annotations['checksum/webhooks'];
+    assert.match(sum, /^[0-9a-f]{64}$/);
+    const changed = structuredClone(values);
+    changed.webhooks.sources.github.secrets = [SECRET_A];
+    const sum2 = one(await render(changed), 'Deployment').spec.template.metadata.annotations[
+      'checksum/webhooks'
+    ];
+    assert.notEqual(sum2, sum);
+
+    const ing = one(objs, 'Ingress');
+    assert.equal(ing.spec.ingressClassName, 'nginx');
+    assert.equal(ing.spec.rules[0].host, 'hooks.example.com');
+    assert.deepEqual(
+      ing.spec.rules[0].http.paths.map((p: { path: string; pathType: string }) => [p.path, p.pathType]),
+      [['/webhooks', 'Prefix']],
+    );
+    assert.equal(ing.spec.rules[0].http.paths[0].backend.service.name, `${FULL}-operator`);
+  });
+
+  test('existingSecret: mounted, not rendered', async () => {
+    const objs = await render({ webhooks: { enabled: true, existingSecret: 'my-hooks' } });
+    assert.equal(all(objs, 'Secret').filter((s) => s.metadata.name.includes('webhooks')).length, 0);
+    const vol = one(objs, 'Deployment').spec.template.spec.volumes.find(
+      (v: { secret?: { secretName: string } }) => v.secret?.secretName === 'my-hooks',
+    );
+    assert.ok(vol);
+  });
+});
+
+describe('monitoring and policies', () => {
+  test('ServiceMonitors: "auto" follows the cluster’s APIs; true forces them; both select the right Services', async () => {
+    assert.equal(all(await render(), 'ServiceMonitor').length, 0);
+    const auto = await render({}, { apiVersions: [SERVICE_MONITOR] });
+    assert.equal(all(auto, 'ServiceMonitor').length, 2);
+    const forced = await render({
+      monitoring: { serviceMonitor: { enabled: true, labels: { release: 'prom' } } },
+    });
+    for (const sm of all(forced, 'ServiceMonitor')) {
+      const component = sm.metadata.labels?.['app.kubernetes.io/component'];
+      const svc = one(forced, 'Service', `-${component}`);
+      assert.deepEqual(
+        sm.spec.selector.matchLabels,
+        svc.metadata.labels && pick(svc.metadata.labels, Object.keys(sm.spec.selector.matchLabels)),
+      );
+      assert.deepEqual(svc.spec.selector, sm.spec.selector.matchLabels);
+      assert.equal(sm.spec.endpoints[0].port, svc.spec.ports[0].name);
+      assert.equal(sm.spec.endpoints[0].path, '/metrics');
+      assert.equal(sm.metadata.labels?.release, 'prom');
+    }
+    assert.equal(
+      all(
+        await render(
+          { monitoring: { serviceMonitor: { enabled: false } } },
+          { apiVersions: [SERVICE_MONITOR] },
+        ),
+        'ServiceMonitor',
+      ).length,
+      0,
+    );
+  });
+
+  test('NetworkPolicy: operator port open (or to listed peers), Redis only from operator, agents and node CIDRs', async () => {
+    const objs = await render({
+      networkPolicy: {
+        enabled: true,
+        redisNodeCidrs: ['10.0.0.0/16'],
+        operatorIngressFrom: [
+          { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } },
+        ],
+      },
+    });
+    const op = one(objs, 'NetworkPolicy', '-operator');
+    assert.equal(op.spec.ingress[0].from.length, 1);
+    const redis = one(objs, 'NetworkPolicy', '-redis');
+    const from = redis.spec.ingress[0].from;
+    assert.deepEqual(from[0].podSelector.matchLabels, one(objs, 'Deployment').spec.selector.matchLabels);
+    assert.deepEqual(from[1].podSelector.matchLabels, one(objs, 'DaemonSet').spec.selector.matchLabels);
+    assert.deepEqual(from[2], { ipBlock: { cidr: '10.0.0.0/16' } });
+  });
+
+  test('priorityClassName, resources and extraEnv reach the pods; extraEnv overrides a chart default', async () => {
+    const objs = await render({
+      agent: {
+        priorityClassName: 'system-node-critical',
+        extraEnv: { KUBE_PREWARM_CHUNK_SIZE: '8MiB', KUBE_PREWARM_CONCURRENCY: '4' },
+        resources: { limits: { memory: '2Gi' } },
+      },
+      operator: { extraEnv: { KPRW_RESYNC_MS: 600000 }, replicas: 1 },
+    });
+    const ds = one(objs, 'DaemonSet');
+    assert.equal(ds.spec.template.spec.priorityClassName, 'system-node-critical');
+    // Helm merges maps: the override replaces one key, the other defaults stay.
+    assert.equal(container(ds, 'agent').resources.limits.memory, '2Gi');
+    assert.equal(container(ds, 'agent').resources.requests.cpu, '100m');
+    const names = envNames(container(ds, 'agent'));
+    assert.equal(names.length, new Set(names).size, 'no duplicate env names');
+    const agent = loadAgentConfig(agentEnv(objs));
+    assert.equal(agent.chunkSize, 8 * 1024 * 1024);
+    assert.equal(agent.concurrency, 4);
+    assert.equal(loadOperatorConfig(operatorEnv(objs)).resyncMs, 600000);
+    assert.equal(
+      all(objs, 'PodDisruptionBudget').length,
+      0,
+      'no PDB that would block every drain with one replica',
+    );
+  });
+
+  test('image digest wins over the tag', async () => {
+    const digest = `sha256:${'b'.repeat(64)}`;
+    const objs = await render({ image: { digest } });
+    for (const o of [one(objs, 'Deployment'), one(objs, 'DaemonSet')])
+      assert.equal(o.spec.template.spec.containers[0].image, `ghcr.io/kube-prewarm/kube-prewarm@${digest}`);
+  });
+});
+
+describe('values.schema.json and template checks refuse bad values', () => {
+  const cases: [string, unknown, RegExp][] = [
+    ['a misspelt top-level key', { operater: { replicas: 1 } }, /operater/],
+    ['a misspelt nested key', { agent: { stor: {} } }, /stor/],
+    ['zero operator replicas', { operator: { replicas: 0 } }, /operator\/replicas/],
+    ['an unknown log level', { agent: { logLevel: 'verbose' } }, /agent\/logLevel/],
+    [
+      'a webhook secret under 16 characters',
+      { webhooks: { enabled: true, sources: { acr: { secrets: ['short'] } } } },
+      /acr\/secrets\/0/,
+    ],
+    ['an unknown webhook source', { webhooks: { sources: { quay: { secrets: [SECRET_A] } } } }, /quay/],
+    [
+      'a gcr source with neither tokens nor oidc',
+      { webhooks: { sources: { gcr: { subscriptions: [] } } } },
+      /gcr/,
+    ],
+    [
+      'webhooks enabled without sources',
+      { webhooks: { enabled: true } },
+      /at least one entry in webhooks.sources/,
+    ],
+    ['an image digest that is not sha256', { image: { digest: 'md5:abc' } }, /image\/digest/],
+    ['redis disabled without a URL', { redis: { enabled: false } }, /redis\/external/],
+    [
+      'a non-redis URL',
+      { redis: { enabled: false, external: { url: 'http://redis:6379' } } },
+      /redis\/external\/url/,
+    ],
+    [
+      'extraEnv shadowing the downward-API node name',
+      { agent: { extraEnv: { KUBE_PREWARM_NODE_NAME: 'x' } } },
+      /invalid propertyName 'KUBE_PREWARM_NODE_NAME'/,
+    ],
+    [
+      'extraEnv with another binary’s prefix',
+      { operator: { extraEnv: { KUBE_PREWARM_STORE: '/x' } } },
+      /'KUBE_PREWARM_STORE' does not match pattern '\^KPRW_/,
+    ],
+    ['a relative store path', { agent: { store: { hostPath: 'var/lib' } } }, /agent\/store\/hostPath/],
+    ['a disk budget that is not a size', { agent: { store: { diskBudget: 'lots' } } }, /diskBudget/],
+    [
+      'no disk budget at all',
+      { agent: { store: { diskBudget: '0', diskBudgetPercent: 0 } } },
+      /needs a budget/,
+    ],
+    [
+      'NetworkPolicy without node CIDRs for host-network agents',
+      { networkPolicy: { enabled: true } },
+      /redisNodeCidrs/,
+    ],
+    [
+      'serviceMonitor.enabled neither boolean nor auto',
+      { monitoring: { serviceMonitor: { enabled: 'yes' } } },
+      /serviceMonitor\/enabled/,
+    ],
+  ];
+  for (const [what, values, expected] of cases) {
+    test(what, async () => {
+      const stderr = await renderError(values);
+      assert.match(stderr, expected);
+    });
+  }
+});
+
+function pick(o: Record<string, string>, keys: string[]): Record<string, string> {
+  return Object.fromEntries(keys.map((k) => [k, o[k]!]));
+}
