@@ -1,0 +1,286 @@
+/**
+ * The chart against a real kube-apiserver (test/harness/kube.ts):
+ * - every rendered object, for several value sets, passes a server-side-apply dry run
+ *   (schema, defaulting, validation and admission of the real server, nothing persisted);
+ * - the chart's RBAC, applied for real, is enough for the operator's actual Kubernetes
+ *   calls: the operator's own KubePort implementation (ClientNodePort) runs every call it
+ *   has as a user bound by the chart's roles, and is refused what the chart does not grant;
+ * - the ServiceAccount subjects resolve through the authorizer (SubjectAccessReview).
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import {
+  AuthorizationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubernetesObjectApi,
+  PatchStrategy,
+  type V1Lease,
+} from '@kubernetes/client-node';
+import { API_VERSION, GROUP, KIND, PLURAL, VERSION } from '../../operator/src/api/types.js';
+import { ClientNodePort } from '../../operator/src/kube/client-node-port.js';
+import { apiStatus } from '../../operator/src/kube/port.js';
+import { errorBody, type KubeHandle, startKube } from '../harness/kube.js';
+import { createNode } from '../harness/kube-nodes.js';
+import { type K8sObject, NAMESPACE, one, RELEASE, render } from './render.js';
+
+const FULL = `${RELEASE}-kube-prewarm`;
+const FIELD_MANAGER = 'kube-prewarm-chart-test';
+const SECRET = 'a-webhook-secret-0123456789';
+
+const quietLog = { warn: () => undefined };
+
+describe('the chart on a real kube-apiserver', () => {
+  let kube: KubeHandle;
+  let objects: KubernetesObjectApi;
+
+  before(async () => {
+    kube = await startKube();
+    objects = KubernetesObjectApi.makeApiClient(kube.kc);
+    const core = kube.kc.makeApiClient(CoreV1Api);
+    for (const name of [NAMESPACE, 'team-a']) await core.createNamespace({ body: { metadata: { name } } });
+  });
+  after(async () => {
+    await kube?.stop();
+  });
+
+  const dryRunApply = (obj: K8sObject) =>
+    objects.patch(obj, undefined, 'All', FIELD_MANAGER, true, PatchStrategy.ServerSideApply);
+
+  const valueSets: Record<string, unknown> = {
+    defaults: {},
+    'webhooks, ingress, network policies, digest-pinned image': {
+      image: { digest: `sha256:${'c'.repeat(64)}` },
+      webhooks: {
+        enabled: true,
+        sources: { distribution: { secrets: [SECRET] }, gcr: { tokens: [SECRET] } },
+        ingress: {
+          enabled: true,
+          host: 'hooks.example.com',
+          tls: [{ hosts: ['hooks.example.com'], secretName: 'tls' }],
+        },
+      },
+      networkPolicy: { enabled: true, redisNodeCidrs: ['10.0.0.0/16', 'fd00::/64'] },
+    },
+    'external Redis, watchNamespace, agent pull secrets, one replica': {
+      redis: {
+        enabled: false,
+        external: { url: 'rediss://redis.example.com:6380/1', passwordSecret: 'redis' },
+      },
+      operator: { watchNamespace: 'team-a', replicas: 1 },
+      agent: {
+        rbac: { readPullSecrets: true },
+        priorityClassName: 'system-node-critical',
+        dockerConfigSecret: 'node-creds',
+        hostNetwork: false,
+      },
+    },
+  };
+
+  for (const [name, values] of Object.entries(valueSets)) {
+    test(`every object passes a server-side dry-run apply: ${name}`, async () => {
+      const objs = await render(values);
+      assert.ok(objs.length > 10);
+      const refused: string[] = [];
+      for (const obj of objs) {
+        try {
+          await dryRunApply(obj);
+        } catch (err) {
+          refused.push(`${obj.kind}/${obj.metadata.name}: ${errorBody(err)}`);
+        }
+      }
+      assert.deepEqual(refused, []);
+    });
+  }
+
+  test('the dry run does validate: a broken DaemonSet is refused', async () => {
+    const ds = structuredClone(one(await render(), 'DaemonSet'));
+    ds.spec.template.spec.volumes[0].hostPath.type = 'NotAType';
+    await assert.rejects(dryRunApply(ds), (err: unknown) => {
+      assert.equal(apiStatus(err), 422);
+      assert.match(errorBody(err), /hostPath\.type/);
+      return true;
+    });
+  });
+
+  describe('RBAC is sufficient for the operator and no wider', () => {
+    let port: ClientNodePort;
+    let custom: CustomObjectsApi;
+
+    before(async () => {
+      const objs = await render();
+      const rbac = objs.filter((o) => /^(ServiceAccount|(Cluster)?Role(Binding)?)$/.test(o.kind));
+      for (const obj of rbac) await objects.create(obj);
+      // The harness's token user "kube-prewarm-operator" stands in for the ServiceAccount
+      // (no token controller runs): bind it to the chart's roles, exactly as rendered.
+      for (const obj of rbac.filter((o) => o.kind.endsWith('Binding'))) {
+        const copy = structuredClone(obj);
+        copy.metadata.name = `${obj.metadata.name}-test-user`;
+        copy.subjects = [
+          { kind: 'User', apiGroup: 'rbac.authorization.k8s.io', name: kube.operatorUser.name },
+        ];
+        await objects.create(copy);
+      }
+      custom = kube.kc.makeApiClient(CustomObjectsApi);
+      await createNode(kube.kc, {
+        name: 'node-a',
+        taints: [{ key: 'kube-prewarm.io/warming', effect: 'NoSchedule' }],
+      });
+      await kube.kc.makeApiClient(CoreV1Api).createNamespacedSecret({
+        namespace: 'default',
+        body: {
+          metadata: { name: 'pull' },
+          type: 'kubernetes.io/dockerconfigjson',
+          data: { '.dockerconfigjson': Buffer.from('{"auths":{}}').toString('base64') },
+        },
+      });
+      await custom.createNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: 'default',
+        plural: PLURAL,
+        body: {
+          apiVersion: API_VERSION,
+          kind: KIND,
+          metadata: { name: 'app' },
+          spec: { images: [{ repository: 'registry.example.com/team/app', tag: 'v1' }] },
+        },
+      });
+      port = new ClientNodePort(kube.kubeConfigFor(kube.operatorUser), quietLog);
+    });
+    after(async () => {
+      await port?.prewarms.stop();
+      await port?.nodes.stop();
+    });
+
+    test('informers list and watch ImagePrewarms (all namespaces) and Nodes', async () => {
+      await Promise.all([port.prewarms.start(), port.nodes.start()]);
+      const ac = AbortSignal.timeout(20_000);
+      await Promise.all([port.prewarms.waitForSync(ac), port.nodes.waitForSync(ac)]);
+      assert.deepEqual(
+        port.prewarms.list().map((p) => p.metadata.name),
+        ['app'],
+      );
+      assert.ok(port.nodes.get('node-a'));
+    });
+
+    test('status patch, finalizers, node taint removal, pull-secret read, Lease create/replace', async () => {
+      await port.patchPrewarmStatus('default', 'app', { observedGeneration: 1 });
+      const cr = (await custom.getNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: 'default',
+        plural: PLURAL,
+        name: 'app',
+      })) as { metadata: { resourceVersion: string }; status?: { observedGeneration?: number } };
+      assert.equal(cr.status?.observedGeneration, 1);
+      await port.setPrewarmFinalizers(
+        'default',
+        'app',
+        ['prewarm.kube-prewarm.io/cleanup'],
+        cr.metadata.resourceVersion,
+      );
+
+      const node = await kube.kc.makeApiClient(CoreV1Api).readNode({ name: 'node-a' });
+      await port.setNodeTaints('node-a', [], node.metadata!.resourceVersion!);
+
+      const secret = await port.readSecret('default', 'pull');
+      assert.equal(secret?.type, 'kubernetes.io/dockerconfigjson');
+
+      const leaseName = `${FULL}-operator`;
+      assert.equal(await port.readLease(NAMESPACE, leaseName), undefined);
+      const lease: V1Lease = {
+        metadata: { name: leaseName, namespace: NAMESPACE },
+        spec: { holderIdentity: 'a', leaseDurationSeconds: 15 },
+      };
+      const created = await port.createLease(NAMESPACE, lease);
+      await port.replaceLease(NAMESPACE, leaseName, {
+        ...created,
+        spec: { ...created.spec, holderIdentity: 'b' },
+      });
+      assert.equal((await port.readLease(NAMESPACE, leaseName))?.spec?.holderIdentity, 'b');
+    });
+
+    test('refused: other Leases, Leases in other namespaces, deleting nodes, listing secrets', async () => {
+      const forbidden = async (p: Promise<unknown>, what: string) => {
+        await assert.rejects(
+          p,
+          (err: unknown) => {
+            assert.equal(apiStatus(err), 403, `${what}: ${errorBody(err)}`);
+            return true;
+          },
+          what,
+        );
+      };
+      await port.createLease(NAMESPACE, { metadata: { name: 'other' }, spec: { holderIdentity: 'x' } });
+      await forbidden(port.readLease(NAMESPACE, 'other'), 'read another Lease');
+      await forbidden(
+        port.createLease('default', { metadata: { name: `${FULL}-operator` }, spec: {} }),
+        'create a Lease outside the release namespace',
+      );
+      const core = kube.kubeConfigFor(kube.operatorUser).makeApiClient(CoreV1Api);
+      await forbidden(core.deleteNode({ name: 'node-a' }), 'delete a node');
+      await forbidden(core.listSecretForAllNamespaces(), 'list secrets');
+      await forbidden(
+        core.createNamespacedPod({
+          namespace: 'default',
+          body: { metadata: { name: 'p' }, spec: { containers: [{ name: 'c', image: 'x' }] } },
+        }),
+        'create pods',
+      );
+    });
+
+    test('the ServiceAccount subjects resolve to the same access (SubjectAccessReview)', async () => {
+      const authz = kube.kc.makeApiClient(AuthorizationV1Api);
+      const can = async (sa: string, attrs: Record<string, string>) => {
+        const r = await authz.createSubjectAccessReview({
+          body: {
+            spec: {
+              user: `system:serviceaccount:${NAMESPACE}:${sa}`,
+              groups: [
+                'system:serviceaccounts',
+                `system:serviceaccounts:${NAMESPACE}`,
+                'system:authenticated',
+              ],
+              resourceAttributes: attrs,
+            },
+          },
+        });
+        return r.status?.allowed === true;
+      };
+      const op = `${FULL}-operator`;
+      assert.ok(await can(op, { group: GROUP, resource: PLURAL, verb: 'watch' }));
+      assert.ok(
+        await can(op, {
+          group: GROUP,
+          resource: PLURAL,
+          subresource: 'status',
+          verb: 'patch',
+          namespace: 'x',
+        }),
+      );
+      assert.ok(await can(op, { group: '', resource: 'nodes', verb: 'patch', name: 'n' }));
+      assert.ok(
+        await can(op, {
+          group: 'coordination.k8s.io',
+          resource: 'leases',
+          verb: 'update',
+          namespace: NAMESPACE,
+          name: op,
+        }),
+      );
+      assert.ok(!(await can(op, { group: '', resource: 'secrets', verb: 'list' })));
+      const agent = `${FULL}-agent`;
+      assert.ok(
+        !(await can(agent, {
+          group: '',
+          resource: 'secrets',
+          verb: 'get',
+          namespace: 'default',
+          name: 'pull',
+        })),
+      );
+      assert.ok(!(await can(agent, { group: '', resource: 'nodes', verb: 'get', name: 'node-a' })));
+    });
+  });
+});
