@@ -83,6 +83,12 @@ export interface PrewarmJobProgress {
   bytesTotal: number;
   layersDone: number;
   layersTotal: number;
+  /**
+   * Times the container runtime lost this image after it was warm (kubelet image GC,
+   * containerd pruning) and the agent re-warmed it. Set on completed jobs by the agent's
+   * re-check; absent until the first eviction.
+   */
+  evictions?: number;
 }
 
 /** A job's return value. */

@@ -1,0 +1,324 @@
+import { stat } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { type CredentialProvider, loadDockerConfigFile, StaticCredentials } from '../../../oci/src/auth.js';
+import { isLoopbackHost, RegistryClient } from '../../../oci/src/client.js';
+import { nodeQueueName, QUEUE_PREFIX } from '../../../oci/src/job-contract.js';
+import { BlobFetcher } from '../fetch/blob-fetcher.js';
+import { ImageWarmer } from '../fetch/image-warmer.js';
+import { Mirror } from '../mirror/mirror.js';
+import { CriImageService } from '../runtime/cri-image-service.js';
+import { FsBlobStore } from '../store/fs-store.js';
+import { GarbageCollector, type GcReport } from '../store/gc.js';
+import { LeaseSet } from '../store/leases.js';
+import { scanStore } from '../store/store-scan.js';
+import { meteredDispatcher } from './blob-metering.js';
+import { type AgentConfig, defaultPlatform, redactConfig } from './config.js';
+import { HealthServer } from './health-server.js';
+import { PrewarmProcessor } from './job-processor.js';
+import { AgentMetrics } from './metrics.js';
+import { PrewarmWorker } from './prewarm-worker.js';
+import { redisOptionsFromUrl } from './redis-options.js';
+import { RedisPinSource } from './redis-pins.js';
+import type { RuntimeImageService } from './runtime-port.js';
+import { WarmKeeper } from './warm-keeper.js';
+
+export interface AgentDaemonDeps {
+  logger: Logger;
+  /**
+   * The container runtime; default: a CRI client on `config.containerdSocket` (none when
+   * that is empty). Tests pass their own containerd's.
+   */
+  runtime?: RuntimeImageService | null;
+}
+
+/**
+ * The node agent: composes the store (scanned at start), the fetcher, the BullMQ worker
+ * on this node's queue, garbage collection, the warm re-check, the node-local mirror and
+ * the health/metrics endpoint. `start(signal)` brings everything up (aborting `signal`
+ * shuts down); `close()` stops taking jobs, hands running ones back with their partial
+ * downloads kept, and closes everything within `config.shutdownTimeoutMs`.
+ */
+export class AgentDaemon {
+  readonly config: AgentConfig;
+  readonly metrics: AgentMetrics;
+  readonly leases = new LeaseSet();
+  readonly #log: Logger;
+  readonly #deps: AgentDaemonDeps;
+  readonly #stop = new AbortController();
+  #store: FsBlobStore | undefined;
+  #gc: GarbageCollector | undefined;
+  #client: RegistryClient | undefined;
+  #dispatcher: ReturnType<typeof meteredDispatcher> | undefined;
+  #fetcher: BlobFetcher | undefined;
+  #redis: Redis | undefined;
+  #queue: Queue | undefined;
+  #worker: PrewarmWorker | undefined;
+  #keeper: WarmKeeper | undefined;
+  #mirror: Mirror | undefined;
+  #runtime: RuntimeImageService | undefined;
+  #health: HealthServer | undefined;
+  #gcTimer: NodeJS.Timeout | undefined;
+  #gcRunning: Promise<unknown> | undefined;
+  #ready = false;
+  #closing: Promise<void> | undefined;
+
+  constructor(config: AgentConfig, deps: AgentDaemonDeps) {
+    this.config = config;
+    this.#deps = deps;
+    this.#log = deps.logger.child({ node: config.nodeName });
+    this.metrics = new AgentMetrics(async () => {
+      const u = await this.#gc!.usage();
+      return {
+        usedBytes: u.usedBytes,
+        blobs: u.blobs,
+        ingestBytes: u.ingestBytes,
+        budgetBytes: u.budgetBytes,
+      };
+    });
+  }
+
+  /** The /metrics, /healthz, /readyz listener's address, once started. */
+  get httpAddress(): AddressInfo | undefined {
+    return this.#health?.address;
+  }
+
+  /** The mirror's `host:port`, once started (undefined when disabled). */
+  get mirrorAddress(): string | undefined {
+    return this.#mirror?.address;
+  }
+
+  get store(): FsBlobStore | undefined {
+    return this.#store;
+  }
+
+  get gc(): GarbageCollector | undefined {
+    return this.#gc;
+  }
+
+  get keeper(): WarmKeeper | undefined {
+    return this.#keeper;
+  }
+
+  /**
+   * Starts every component; resolves once the agent takes jobs. The health endpoint
+   * comes up first (readiness false until the end). Throws on invalid credentials files,
+   * an unusable store directory or a port in use; Redis being down is not an error
+   * (readiness stays false until it answers).
+   */
+  async start(signal?: AbortSignal): Promise<void> {
+    const c = this.config;
+    const log = this.#log;
+    signal?.addEventListener('abort', () => void this.close(), { once: true });
+    log.info({ config: redactConfig(c) }, 'agent starting');
+
+    this.#health = new HealthServer({
+      host: c.httpHost,
+      port: c.httpPort,
+      registry: this.metrics.registry,
+      liveness: {
+        store: async () =>
+          (await stat(c.storePath).catch(() => undefined)) ? undefined : 'store directory missing',
+      },
+      readiness: {
+        started: () => (this.#ready ? undefined : 'starting or stopping'),
+        redis: async () => {
+          if (this.#redis?.status !== 'ready') return `redis ${this.#redis?.status ?? 'not connected'}`;
+          await this.#redis.ping();
+          return undefined;
+        },
+        worker: () => (this.#worker?.running ? undefined : 'worker not running'),
+      },
+    });
+    const addr = await this.#health.start();
+    log.info({ address: `${addr.address}:${addr.port}` }, 'health and metrics listening');
+
+    const store = await new FsBlobStore(c.storePath, { fsync: c.storeFsync }).init();
+    this.#store = store;
+    const scan = await scanStore(store, c.storeVerify);
+    log.info(
+      {
+        blobs: scan.blobs,
+        images: scan.images,
+        removedTmp: scan.removedTmp,
+        removedBlobs: scan.removedBlobs.length,
+        removedImages: scan.removedImages.map((r) => `${r.repository}@${r.digest}`),
+        removedIngests: scan.removedIngests,
+        keptIngests: scan.keptIngests,
+      },
+      'store scanned',
+    );
+
+    const credentials: CredentialProvider = c.dockerConfigPath
+      ? await loadDockerConfigFile(c.dockerConfigPath)
+      : new StaticCredentials();
+    const plain = new Set(c.plainHttpRegistries);
+    this.#dispatcher = meteredDispatcher(this.metrics);
+    this.#client = new RegistryClient({
+      credentials,
+      plainHttp: (h) => isLoopbackHost(h) || plain.has(h),
+      dispatcher: this.#dispatcher,
+    });
+    const fetcher = new BlobFetcher(store, {
+      chunkSize: c.chunkSize,
+      concurrencyPerBlob: c.chunkConcurrency,
+      maxConnections: c.maxConnections,
+      bandwidthBytesPerSec: c.bandwidthBytesPerSec,
+    });
+    this.#fetcher = fetcher;
+    const warmer = new ImageWarmer(this.#client, fetcher, store);
+
+    const redis = new Redis(redisOptionsFromUrl(c.redisUrl));
+    redis.on('error', (err) => log.debug({ err: err.message }, 'redis connection error'));
+    this.#redis = redis;
+    this.#queue = new Queue(nodeQueueName(c.nodeName), {
+      connection: redis,
+      prefix: QUEUE_PREFIX,
+      skipVersionCheck: true,
+    });
+    this.#queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
+
+    this.#gc = new GarbageCollector(store, this.leases, new RedisPinSource(redis, c.nodeName), {
+      budget: { maxBytes: c.diskBudgetBytes, maxPercent: c.diskBudgetPercent },
+      staleIngestMs: c.staleIngestMs,
+      inflight: (d) => fetcher.inflight(d) !== undefined,
+    });
+
+    if (this.#deps.runtime !== undefined) this.#runtime = this.#deps.runtime ?? undefined;
+    else if (c.containerdSocket !== '') this.#runtime = new CriImageService({ address: c.containerdSocket });
+
+    const processor = new PrewarmProcessor(
+      { node: c.nodeName, defaultPlatform: defaultPlatform(c), blobConcurrency: c.blobConcurrency },
+      {
+        warmer,
+        store,
+        gc: this.#gc,
+        leases: this.leases,
+        metrics: this.metrics,
+        logger: log,
+        runtime: this.#runtime,
+      },
+    );
+
+    if (c.mirrorPort > 0) {
+      this.#mirror = new Mirror(
+        { store, fetcher, client: this.#client },
+        { listen: `${c.mirrorHost}:${c.mirrorPort}`, logger: log.child({ component: 'mirror' }) },
+      );
+      const mirror = this.#mirror;
+      await mirror.start();
+      this.metrics.attachMirror(() => mirror.stats);
+    }
+
+    // A first collection before taking jobs: the budget may have shrunk while we were down.
+    await this.#collect('startup');
+    this.#scheduleGc();
+
+    this.#worker = new PrewarmWorker(redisOptionsFromUrl(c.redisUrl), processor, this.metrics, log, {
+      node: c.nodeName,
+      concurrency: c.concurrency,
+      lockDurationMs: c.lockDurationMs,
+      stalledIntervalMs: c.stalledIntervalMs,
+      maxStalledCount: c.maxStalledCount,
+    });
+    this.#worker.start();
+
+    this.#keeper = new WarmKeeper(
+      { node: c.nodeName, intervalMs: c.recheckIntervalMs },
+      {
+        redis,
+        queue: this.#queue,
+        store,
+        processor,
+        runtime: this.#runtime,
+        metrics: this.metrics,
+        logger: log.child({ component: 'recheck' }),
+      },
+    );
+    this.#keeper.start(this.#stop.signal);
+    this.#ready = true;
+    log.info({ queue: nodeQueueName(c.nodeName) }, 'agent ready');
+  }
+
+  /** Runs one garbage collection pass now (also used by tests and the periodic timer). */
+  collect(reason = 'manual'): Promise<GcReport | undefined> {
+    return this.#collect(reason);
+  }
+
+  async #collect(reason: string): Promise<GcReport | undefined> {
+    const gc = this.#gc;
+    if (!gc) return undefined;
+    try {
+      const report = await gc.collect({ reason });
+      const result = !report.pinsKnown ? 'pins_unknown' : report.satisfied ? 'ok' : 'short';
+      this.metrics.gcRuns.inc({ reason, result });
+      if (report.evictedImages.length > 0)
+        this.metrics.gcEvictions.inc({ kind: 'image' }, report.evictedImages.length);
+      if (report.evictedBlobs > 0) this.metrics.gcEvictions.inc({ kind: 'blob' }, report.evictedBlobs);
+      if (report.freedBytes > 0) this.metrics.gcFreedBytes.inc(report.freedBytes);
+      const level =
+        report.evictedBlobs > 0 || report.removedIngests > 0 || !report.pinsKnown ? 'info' : 'debug';
+      this.#log[level](
+        {
+          reason,
+          pinsKnown: report.pinsKnown,
+          usageBefore: report.usageBefore,
+          usageAfter: report.usageAfter,
+          budgetBytes: report.budgetBytes,
+          evictedImages: report.evictedImages.map((e) => `${e.repository}@${e.digest}`),
+          evictedBlobs: report.evictedBlobs,
+          freedBytes: report.freedBytes,
+          removedIngests: report.removedIngests,
+        },
+        'garbage collection',
+      );
+      return report;
+    } catch (err) {
+      this.metrics.gcRuns.inc({ reason, result: 'error' });
+      this.#log.warn({ err, reason }, 'garbage collection failed');
+      return undefined;
+    }
+  }
+
+  #scheduleGc(): void {
+    if (this.#stop.signal.aborted) return;
+    this.#gcTimer = setTimeout(() => {
+      this.#gcRunning = this.#collect('periodic').finally(() => {
+        this.#gcRunning = undefined;
+        this.#scheduleGc();
+      });
+    }, this.config.gcIntervalMs);
+  }
+
+  /**
+   * Graceful shutdown, bounded by `config.shutdownTimeoutMs`: readiness goes false, the
+   * worker stops taking jobs and hands running ones back to the queue, downloads stop
+   * with their partial data recorded, then connections and listeners close. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const log = this.#log;
+      const started = performance.now();
+      this.#ready = false;
+      this.#stop.abort();
+      clearTimeout(this.#gcTimer);
+      log.info('agent stopping');
+      const budget = this.config.shutdownTimeoutMs;
+      await this.#worker?.close(Math.max(100, budget - 1_000));
+      await this.#keeper?.close();
+      await this.#fetcher?.close();
+      await this.#gcRunning;
+      await this.#mirror?.close();
+      await this.#queue?.close().catch(() => undefined);
+      this.#redis?.disconnect();
+      this.#runtime?.close();
+      await this.#client?.close();
+      await this.#dispatcher?.close();
+      await this.#health?.close();
+      log.info({ durationMs: Math.round(performance.now() - started) }, 'agent stopped');
+    })();
+    return this.#closing;
+  }
+}

@@ -1,0 +1,352 @@
+/**
+ * The agent daemon's configuration: every setting is declared once here with its
+ * environment variable, default and description (docs/agent.md lists them from this
+ * table). `loadConfig` validates everything at start and reports all problems at once;
+ * only daemon/main.ts passes it `process.env`.
+ */
+import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
+import { formatPlatform, hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
+import { isValidRegistryHost } from '../../../oci/src/reference.js';
+import { parseSize } from '../cli/format.js';
+import type { ScanVerify } from '../store/store-scan.js';
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+interface Setting<T> {
+  env: string;
+  /** Raw default (as it would be written in the environment); undefined = required. */
+  default: string | undefined;
+  description: string;
+  parse: (raw: string) => T;
+  /** Never logged or echoed in errors. */
+  secret?: boolean;
+}
+
+function setting<T>(s: Setting<T>): Setting<T> {
+  return s;
+}
+
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+
+function nodeName(raw: string): string {
+  if (raw.length > 253 || !DNS_SUBDOMAIN.test(raw)) throw new Error('must be a DNS subdomain (a node name)');
+  return raw;
+}
+
+function nonEmpty(raw: string): string {
+  if (raw.trim() === '') throw new Error('must not be empty');
+  return raw;
+}
+
+function int(min: number, max = Number.MAX_SAFE_INTEGER) {
+  return (raw: string): number => {
+    const n = Number(raw);
+    if (!Number.isSafeInteger(n) || n < min || n > max)
+      throw new Error(`must be an integer in [${min}, ${max === Number.MAX_SAFE_INTEGER ? '∞' : max}]`);
+    return n;
+  };
+}
+
+function size(raw: string): number {
+  return parseSize(raw);
+}
+
+function percent(raw: string): number {
+  const n = Number(raw.replace(/%$/, ''));
+  if (!Number.isFinite(n) || n < 0 || n > 100) throw new Error('must be a percentage in [0, 100]');
+  return n;
+}
+
+function bool(raw: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off)$/i.test(raw)) return false;
+  throw new Error('must be true or false');
+}
+
+/** Parses `500ms`, `30s`, `5m`, `24h`, or a plain number of milliseconds. */
+export function parseDuration(raw: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(raw.trim());
+  if (!m) throw new Error(`invalid duration ${JSON.stringify(raw)} (examples: 500ms, 30s, 5m, 24h)`);
+  const mult: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+  return Math.round(Number(m[1]) * (mult[m[2] ?? 'ms'] ?? 1));
+}
+
+function duration(min: number) {
+  return (raw: string): number => {
+    const ms = parseDuration(raw);
+    if (ms < min) throw new Error(`must be at least ${min} ms`);
+    return ms;
+  };
+}
+
+function port(raw: string): number {
+  return int(0, 65535)(raw);
+}
+
+function oneOf<T extends string>(values: readonly T[]) {
+  return (raw: string): T => {
+    if (!(values as readonly string[]).includes(raw)) throw new Error(`must be one of ${values.join(', ')}`);
+    return raw as T;
+  };
+}
+
+function redisUrl(raw: string): string {
+  const u = new URL(raw);
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:')
+    throw new Error('must be a redis:// or rediss:// URL');
+  return raw;
+}
+
+function hostList(raw: string): string[] {
+  const hosts = raw
+    .split(',')
+    .map((h) => h.trim())
+    .filter(Boolean);
+  for (const h of hosts)
+    if (!isValidRegistryHost(h)) throw new Error(`${JSON.stringify(h)} is not a registry host`);
+  return hosts;
+}
+
+function platform(raw: string): string {
+  if (raw !== '') parsePlatform(raw);
+  return raw;
+}
+
+/** Every setting of the agent daemon. */
+export const AGENT_SETTINGS = {
+  nodeName: setting({
+    env: 'KUBE_PREWARM_NODE_NAME',
+    default: undefined,
+    description: "This node's name (downward API `spec.nodeName`); selects the job queue `node.<name>`.",
+    parse: nodeName,
+  }),
+  storePath: setting({
+    env: 'KUBE_PREWARM_STORE',
+    default: '/var/lib/kube-prewarm/store',
+    description: 'Directory of the content-addressed store (a hostPath).',
+    parse: nonEmpty,
+  }),
+  storeFsync: setting({
+    env: 'KUBE_PREWARM_STORE_FSYNC',
+    default: 'true',
+    description: 'fsync blobs and journals; turn off only on throwaway stores.',
+    parse: bool,
+  }),
+  storeVerify: setting({
+    env: 'KUBE_PREWARM_STORE_VERIFY',
+    default: 'size',
+    description: 'Startup scan depth: `none`, `size` (blob sizes against manifests) or `full` (re-hash all).',
+    parse: oneOf<ScanVerify>(['none', 'size', 'full']),
+  }),
+  redisUrl: setting({
+    env: 'KUBE_PREWARM_REDIS_URL',
+    default: 'redis://127.0.0.1:6379',
+    description: 'Redis for the BullMQ queues (`redis://` or `rediss://`; a password may be in the URL).',
+    parse: redisUrl,
+    secret: true,
+  }),
+  concurrency: setting({
+    env: 'KUBE_PREWARM_CONCURRENCY',
+    default: '2',
+    description: 'Images warmed in parallel (BullMQ worker concurrency).',
+    parse: int(1, 64),
+  }),
+  blobConcurrency: setting({
+    env: 'KUBE_PREWARM_BLOB_CONCURRENCY',
+    default: '3',
+    description: 'Blobs of one image downloaded at once.',
+    parse: int(1, 64),
+  }),
+  chunkConcurrency: setting({
+    env: 'KUBE_PREWARM_CHUNK_CONCURRENCY',
+    default: '16',
+    description: 'Parallel ranged requests per blob.',
+    parse: int(1, 256),
+  }),
+  maxConnections: setting({
+    env: 'KUBE_PREWARM_MAX_CONNECTIONS',
+    default: '32',
+    description: 'Parallel ranged requests across all images of the node.',
+    parse: int(1, 1024),
+  }),
+  chunkSize: setting({
+    env: 'KUBE_PREWARM_CHUNK_SIZE',
+    default: '16MiB',
+    description: 'Largest ranged request.',
+    parse: size,
+  }),
+  bandwidthBytesPerSec: setting({
+    env: 'KUBE_PREWARM_BANDWIDTH',
+    default: '0',
+    description: 'Node-wide download cap in bytes/s (e.g. `50MiB`); 0 = unlimited.',
+    parse: size,
+  }),
+  diskBudgetBytes: setting({
+    env: 'KUBE_PREWARM_DISK_BUDGET',
+    default: '0',
+    description: 'Most bytes the store may use (e.g. `20GiB`); 0 = no byte cap.',
+    parse: size,
+  }),
+  diskBudgetPercent: setting({
+    env: 'KUBE_PREWARM_DISK_BUDGET_PERCENT',
+    default: '80',
+    description:
+      "Most of the store filesystem's size the store may use, in percent; 0 = no cap. The smaller cap wins.",
+    parse: percent,
+  }),
+  gcIntervalMs: setting({
+    env: 'KUBE_PREWARM_GC_INTERVAL',
+    default: '5m',
+    description: 'Period of the garbage collection pass.',
+    parse: duration(1000),
+  }),
+  staleIngestMs: setting({
+    env: 'KUBE_PREWARM_STALE_INGEST',
+    default: '24h',
+    description: 'Partial downloads not written for this long (and not in flight) are deleted.',
+    parse: duration(1000),
+  }),
+  recheckIntervalMs: setting({
+    env: 'KUBE_PREWARM_RECHECK_INTERVAL',
+    default: '5m',
+    description: 'Period of the "warm stays warm" re-check of completed jobs against the store and runtime.',
+    parse: duration(1000),
+  }),
+  lockDurationMs: setting({
+    env: 'KUBE_PREWARM_JOB_LOCK',
+    default: '30s',
+    description: "BullMQ job lock; a crashed agent's job is taken again after at most about twice this.",
+    parse: duration(1000),
+  }),
+  stalledIntervalMs: setting({
+    env: 'KUBE_PREWARM_STALLED_INTERVAL',
+    default: '30s',
+    description: 'How often the worker looks for jobs whose agent died (BullMQ stalled check).',
+    parse: duration(1000),
+  }),
+  maxStalledCount: setting({
+    env: 'KUBE_PREWARM_MAX_STALLED',
+    default: '3',
+    description: 'Times a job may be recovered from a dead agent before it fails.',
+    parse: int(0, 100),
+  }),
+  shutdownTimeoutMs: setting({
+    env: 'KUBE_PREWARM_SHUTDOWN_TIMEOUT',
+    default: '20s',
+    description: 'On SIGTERM: time to hand running jobs back and persist partial downloads before exiting.',
+    parse: duration(100),
+  }),
+  httpHost: setting({
+    env: 'KUBE_PREWARM_HTTP_HOST',
+    default: '0.0.0.0',
+    description: 'Address of the /metrics, /healthz and /readyz listener.',
+    parse: nonEmpty,
+  }),
+  httpPort: setting({
+    env: 'KUBE_PREWARM_HTTP_PORT',
+    default: '9464',
+    description: 'Port of the /metrics, /healthz and /readyz listener (0 = any free port, logged).',
+    parse: port,
+  }),
+  mirrorHost: setting({
+    env: 'KUBE_PREWARM_MIRROR_HOST',
+    default: '0.0.0.0',
+    description:
+      'Address of the node-local mirror (containerd uses it via hosts.toml, peer agents via the node IP).',
+    parse: nonEmpty,
+  }),
+  mirrorPort: setting({
+    env: 'KUBE_PREWARM_MIRROR_PORT',
+    default: '5050',
+    description: 'Port of the node-local OCI mirror containerd pulls through (0 = disabled).',
+    parse: port,
+  }),
+  containerdSocket: setting({
+    env: 'KUBE_PREWARM_CONTAINERD_SOCKET',
+    default: '/run/containerd/containerd.sock',
+    description: 'containerd socket for CRI PullImage/ImageStatus (`unpack` mode, re-checks); empty = none.',
+    parse: (raw: string) => raw,
+  }),
+  dockerConfigPath: setting({
+    env: 'KUBE_PREWARM_DOCKER_CONFIG',
+    default: '',
+    description: 'A dockerconfigjson file with node-wide registry credentials; empty = anonymous.',
+    parse: (raw: string) => raw,
+  }),
+  plainHttpRegistries: setting({
+    env: 'KUBE_PREWARM_PLAIN_HTTP',
+    default: '',
+    description: 'Comma-separated registry hosts spoken to over plain HTTP (loopback always is).',
+    parse: hostList,
+  }),
+  platform: setting({
+    env: 'KUBE_PREWARM_PLATFORM',
+    default: '',
+    description: "Platform used when a job names none (`os/arch[/variant]`); empty = this host's.",
+    parse: platform,
+  }),
+  logLevel: setting({
+    env: 'KUBE_PREWARM_LOG_LEVEL',
+    default: 'info',
+    description: 'pino log level.',
+    parse: oneOf<LogLevel>(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+  }),
+};
+
+type Settings = typeof AGENT_SETTINGS;
+
+/** The validated configuration. */
+export type AgentConfig = { readonly [K in keyof Settings]: ReturnType<Settings[K]['parse']> };
+
+/**
+ * Reads and validates every setting from `env`. Throws PW_ERR_INVALID_CONFIG listing
+ * every invalid or missing variable (values of secret settings are never echoed).
+ */
+export function loadConfig(env: Readonly<Record<string, string | undefined>>): AgentConfig {
+  const out: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [key, s] of Object.entries(AGENT_SETTINGS) as [keyof Settings, Setting<unknown>][]) {
+    const raw = env[s.env] ?? s.default;
+    if (raw === undefined) {
+      problems.push(`${s.env} is required: ${s.description}`);
+      continue;
+    }
+    try {
+      out[key] = s.parse(raw);
+    } catch (err) {
+      const shown = s.secret ? '' : ` (${JSON.stringify(raw.slice(0, 200))})`;
+      problems.push(`${s.env}${shown}: ${(err as Error).message}`);
+    }
+  }
+  if (problems.length === 0) {
+    if (out.diskBudgetBytes === 0 && out.diskBudgetPercent === 0)
+      problems.push(
+        'KUBE_PREWARM_DISK_BUDGET and KUBE_PREWARM_DISK_BUDGET_PERCENT are both 0: the store needs a budget',
+      );
+    if ((out.stalledIntervalMs as number) > 4 * (out.lockDurationMs as number))
+      problems.push('KUBE_PREWARM_STALLED_INTERVAL should not exceed 4 × KUBE_PREWARM_JOB_LOCK');
+  }
+  if (problems.length > 0) {
+    throw new PrewarmError(
+      ErrorCodes.INVALID_CONFIG,
+      `invalid agent configuration:\n  ${problems.join('\n  ')}`,
+      {
+        detail: { problems },
+      },
+    );
+  }
+  return out as AgentConfig;
+}
+
+/** The configuration as safe to log: secret settings hidden. */
+export function redactConfig(config: AgentConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, s] of Object.entries(AGENT_SETTINGS) as [keyof Settings, Setting<unknown>][])
+    out[key] = s.secret ? '[hidden]' : config[key];
+  return out;
+}
+
+/** The platform to use for a job that names none. */
+export function defaultPlatform(config: AgentConfig): string {
+  return config.platform !== '' ? config.platform : formatPlatform(hostPlatform());
+}

@@ -1,0 +1,325 @@
+import type { Logger } from 'pino';
+import type { Digest } from '../../../oci/src/digest.js';
+import { type ErrorCode, ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
+import type { PrewarmJobProgress, PrewarmJobResult } from '../../../oci/src/job-contract.js';
+import { formatBytes } from '../cli/format.js';
+import type { ImageWarmer, WarmProgress, WarmResult } from '../fetch/image-warmer.js';
+import type { BlobStore, ImageRecord } from '../store/blob-store.js';
+import type { BlobWant, GarbageCollector, GcReport, Reservation } from '../store/gc.js';
+import type { LeaseSet } from '../store/leases.js';
+import { type ParsedJob, parseJobData, storedProgress } from './job-data.js';
+import type { AgentMetrics } from './metrics.js';
+import { ProgressReporter } from './progress-reporter.js';
+import type { RuntimeImageService } from './runtime-port.js';
+
+/** Code for failures that are not PrewarmErrors (bugs, unexpected library errors). */
+export const INTERNAL_ERROR_CODE = 'PW_ERR_INTERNAL';
+
+/**
+ * Codes that fail the same way however often they are retried: the job fails at once
+ * (BullMQ UnrecoverableError) and the operator shows the reason.
+ */
+const PERMANENT: ReadonlySet<string> = new Set<ErrorCode>([
+  ErrorCodes.MANIFEST_UNKNOWN,
+  ErrorCodes.PLATFORM_NOT_FOUND,
+  ErrorCodes.AUTH_DENIED,
+  ErrorCodes.INVALID_REFERENCE,
+  ErrorCodes.INVALID_DIGEST,
+  ErrorCodes.INVALID_CONFIG,
+  ErrorCodes.MANIFEST_INVALID,
+  ErrorCodes.MANIFEST_TOO_LARGE,
+  ErrorCodes.UNSUPPORTED_MEDIA_TYPE,
+  ErrorCodes.BLOB_UNKNOWN,
+]);
+
+/**
+ * A job attempt's failure as the worker reports it: `reason` is `<code>: <message>`
+ * (job-contract `formatFailure`); `permanent` failures are not retried.
+ */
+export class JobFailure extends Error {
+  readonly code: string;
+  readonly permanent: boolean;
+
+  constructor(code: string, message: string, permanent: boolean, cause?: unknown) {
+    super(`${code}: ${message}`, cause === undefined ? undefined : { cause });
+    this.name = 'JobFailure';
+    this.code = code;
+    this.permanent = permanent;
+  }
+}
+
+/** Maps any error to a JobFailure (permanent by code; `detail.permanent` overrides). */
+export function classifyFailure(err: unknown): JobFailure {
+  if (err instanceof JobFailure) return err;
+  if (isPrewarmError(err)) {
+    const forced = err.detail?.permanent;
+    const permanent = typeof forced === 'boolean' ? forced : PERMANENT.has(err.code);
+    return new JobFailure(err.code, err.message, permanent, err);
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  return new JobFailure(INTERNAL_ERROR_CODE, message, false, err);
+}
+
+/** The job surface the processor needs (a BullMQ `Job` has it). */
+export interface PrewarmJobHandle {
+  readonly id?: string | undefined;
+  readonly data: unknown;
+  /** Progress stored by an earlier attempt, if any. */
+  readonly progress: unknown;
+  updateProgress(p: PrewarmJobProgress): Promise<void>;
+}
+
+export interface PrewarmProcessorOptions {
+  node: string;
+  /** Platform for jobs that name none (`os/arch[/variant]`). */
+  defaultPlatform: string;
+  /** Blobs of one image downloaded at once. */
+  blobConcurrency: number;
+  /** Least time between two progress reports of the same phase. Default 500 ms. */
+  progressIntervalMs?: number;
+}
+
+export interface PrewarmProcessorDeps {
+  warmer: ImageWarmer;
+  store: BlobStore;
+  gc: GarbageCollector;
+  leases: LeaseSet;
+  metrics: AgentMetrics;
+  logger: Logger;
+  /** Needed for `unpack` jobs and runtime re-checks; absent = `unpack` jobs fail permanently. */
+  runtime?: RuntimeImageService | undefined;
+}
+
+/**
+ * Runs one prewarm job: validates it, leases its digests against garbage collection,
+ * makes room within the disk budget, warms the image into the store (resuming partial
+ * downloads), checks every blob is really there, and in `unpack` mode has the runtime
+ * pull it (through the node-local mirror). Progress goes to the job in order.
+ *
+ * Throws `JobFailure` (reason `<code>: <message>`, `permanent` or not); an abort from
+ * `signal` surfaces as a JobFailure with code PW_ERR_ABORTED for the caller to handle.
+ */
+export class PrewarmProcessor {
+  readonly #opts: Required<PrewarmProcessorOptions>;
+  readonly #deps: PrewarmProcessorDeps;
+
+  constructor(opts: PrewarmProcessorOptions, deps: PrewarmProcessorDeps) {
+    this.#opts = { progressIntervalMs: 500, ...opts };
+    this.#deps = deps;
+  }
+
+  /** Parses a job's data for this node; throws a permanent JobFailure when it is invalid. */
+  parse(raw: unknown): ParsedJob {
+    try {
+      return parseJobData(raw, this.#opts.node, this.#opts.defaultPlatform);
+    } catch (err) {
+      const f = classifyFailure(err);
+      throw new JobFailure(f.code, f.message.slice(f.code.length + 2), true, err);
+    }
+  }
+
+  async process(job: PrewarmJobHandle, signal: AbortSignal): Promise<PrewarmJobResult> {
+    const parsed = this.parse(job.data);
+    const { data } = parsed;
+    const log = this.#deps.logger.child({
+      job: job.id,
+      image: `${data.repository}@${data.digest}`,
+      node: this.#opts.node,
+      prewarm: data.owners.map((o) => `${o.namespace}/${o.name}`),
+    });
+    const reporter = new ProgressReporter((p) => job.updateProgress(p), {
+      minIntervalMs: this.#opts.progressIntervalMs,
+      ...(storedProgress(job.progress) ? { floor: storedProgress(job.progress) } : {}),
+      onError: (err) => log.debug({ err }, 'progress report failed'),
+    });
+    if (data.mode === 'unpack' && !this.#deps.runtime) {
+      throw new JobFailure(
+        ErrorCodes.INVALID_CONFIG,
+        'unpack mode needs a container runtime, and this agent has no containerd socket configured',
+        true,
+      );
+    }
+    const lease = this.#deps.leases.acquire([data.digest]);
+    try {
+      log.info({ mode: data.mode, trigger: data.trigger }, 'prewarm job started');
+      const result = await this.#warm(parsed, reporter, lease, signal, log);
+      let phase: PrewarmJobResult['phase'] = 'warm';
+      if (data.mode === 'unpack') {
+        const image = `${data.repository}@${data.digest}`;
+        await this.#deps.runtime!.pullImage(image, { signal });
+        phase = 'unpacked';
+        reporter.update(finalProgress(result, phase));
+      }
+      await reporter.flush();
+      for (const [source, n] of [
+        ['peer', result.bytesFromPeers],
+        ['present', result.bytesAlreadyPresent],
+      ] as const)
+        if (n > 0) this.#deps.metrics.bytesFetched.inc({ source }, n);
+      log.info(
+        {
+          phase,
+          manifest: result.record.manifestDigest,
+          bytesTotal: result.bytesTotal,
+          bytesFromRegistry: result.bytesFromRegistry,
+          bytesAlreadyPresent: result.bytesAlreadyPresent,
+          durationMs: Math.round(result.durationMs),
+        },
+        'prewarm job done',
+      );
+      return {
+        phase,
+        manifestDigest: result.record.manifestDigest,
+        bytesTotal: result.bytesTotal,
+        bytesFromRegistry: result.bytesFromRegistry,
+        bytesFromPeers: result.bytesFromPeers,
+        bytesAlreadyPresent: result.bytesAlreadyPresent,
+        durationMs: Math.round(result.durationMs),
+      };
+    } catch (err) {
+      // Progress already queued still goes out, in order, before the failure is recorded.
+      await reporter.flush();
+      throw classifyFailure(err);
+    } finally {
+      lease.release();
+      await reporter.close();
+    }
+  }
+
+  /**
+   * Warms the image into the store, making room first. On ENOSPC it collects garbage
+   * once and resumes; a record whose blobs vanished (a race with eviction) is warmed
+   * again, which fetches only what is missing.
+   */
+  async #warm(
+    { ref, platform }: ParsedJob,
+    reporter: ProgressReporter,
+    lease: ReturnType<LeaseSet['acquire']>,
+    signal: AbortSignal,
+    log: Logger,
+  ): Promise<WarmResult> {
+    const { warmer, gc } = this.#deps;
+    let reservation: Reservation | undefined;
+    let wants: BlobWant[] = [];
+    const budgetAbort = new AbortController();
+    const jobSignal = AbortSignal.any([signal, budgetAbort.signal]);
+    let reserving: Promise<void> | undefined;
+    let diskFullRetried = false;
+    try {
+      for (let pass = 0; ; pass++) {
+        let result: WarmResult;
+        try {
+          result = await warmer.warm(ref, {
+            platform,
+            signal: jobSignal,
+            blobConcurrency: this.#opts.blobConcurrency,
+            onProgress: (p: WarmProgress) => {
+              reporter.update(progressOf(p));
+              if (p.phase !== 'fetching' || reserving) return;
+              // Synchronous, before any blob is looked up: GC must not evict what this job needs.
+              wants = p.blobs.map((b) => ({ digest: b.digest, size: b.size }));
+              lease.add([...(p.manifestDigest ? [p.manifestDigest] : []), ...wants.map((w) => w.digest)]);
+              reserving = gc.reserve(wants).then(
+                (r) => {
+                  reservation = r;
+                  if (r.report.satisfied) return;
+                  const imageBytes = wants.reduce((n, w) => n + w.size, 0);
+                  budgetAbort.abort(diskFullError(undefined, r.report, imageBytes > r.report.budgetBytes));
+                },
+                (err: unknown) => log.warn({ err }, 'garbage collection before download failed'),
+              );
+            },
+          });
+        } catch (err) {
+          await reserving;
+          if (!isPrewarmError(err, ErrorCodes.DISK_FULL) || signal.aborted) throw err;
+          if (err.detail?.report !== undefined || diskFullRetried) throw err;
+          // The filesystem filled up under us: make room once and resume.
+          diskFullRetried = true;
+          const report = await gc.collect({ reason: 'disk-full', want: wants });
+          log.warn({ report: summarize(report) }, 'disk full during download');
+          if (report.satisfied || report.freedBytes > 0 || report.removedIngests > 0) continue;
+          throw diskFullError(err, report, false);
+        }
+        const missing = await this.#missing(result.record);
+        if (missing.length === 0) return result;
+        if (pass >= 2) {
+          throw new PrewarmError(
+            ErrorCodes.STORE_CORRUPT,
+            `blobs vanished from the store right after download: ${missing.join(', ')}`,
+          );
+        }
+        log.warn({ missing }, 'blobs missing after warm; warming again');
+      }
+    } finally {
+      await reserving;
+      reservation?.release();
+    }
+  }
+
+  async #missing(record: ImageRecord): Promise<Digest[]> {
+    const out: Digest[] = [];
+    for (const d of [...record.manifests, ...record.blobs])
+      if (!(await this.#deps.store.stat(d))) out.push(d);
+    return out;
+  }
+}
+
+function progressOf(p: WarmProgress): PrewarmJobProgress {
+  return {
+    phase: p.phase,
+    bytesDone: p.bytesDone,
+    bytesTotal: p.bytesTotal,
+    layersDone: p.layersDone,
+    layersTotal: p.layersTotal,
+  };
+}
+
+function finalProgress(r: WarmResult, phase: PrewarmJobResult['phase']): PrewarmJobProgress {
+  const layers = Math.max(0, r.record.blobs.length - 1);
+  return {
+    phase,
+    bytesDone: r.bytesTotal,
+    bytesTotal: r.bytesTotal,
+    layersDone: layers,
+    layersTotal: layers,
+  };
+}
+
+function summarize(r: GcReport): Record<string, unknown> {
+  return {
+    reason: r.reason,
+    budgetBytes: r.budgetBytes,
+    usageBefore: r.usageBefore,
+    usageAfter: r.usageAfter,
+    needBytes: r.needBytes,
+    protectedBytes: r.protectedBytes,
+    availableBytes: r.availableBytes,
+    evictedImages: r.evictedImages.length,
+    freedBytes: r.freedBytes,
+    satisfied: r.satisfied,
+  };
+}
+
+/**
+ * PW_ERR_DISK_FULL with the numbers an operator needs to act: what the store uses, its
+ * budget, free space, what is pinned, what the job still needs. `permanent` when the
+ * image can never fit (it alone is larger than the budget); otherwise the job is
+ * retried, since pins may be released or space freed meanwhile.
+ */
+export function diskFullError(
+  cause: PrewarmError | undefined,
+  r: GcReport,
+  permanent: boolean,
+): PrewarmError {
+  const budget = Number.isFinite(r.budgetBytes) ? formatBytes(r.budgetBytes) : 'unlimited';
+  const what = cause ? cause.message : 'not enough room within the store budget';
+  const message =
+    `${what}; store uses ${formatBytes(r.usageAfter)} of a ${budget} budget, ` +
+    `${formatBytes(r.protectedBytes)} pinned or in use, ${formatBytes(r.availableBytes)} free on the filesystem, ` +
+    `${formatBytes(r.needBytes)} still to download`;
+  return new PrewarmError(ErrorCodes.DISK_FULL, message, {
+    cause,
+    detail: { report: summarize(r), permanent },
+  });
+}
