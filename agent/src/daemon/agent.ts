@@ -6,7 +6,6 @@ import type { Logger } from 'pino';
 import { type CredentialProvider, loadDockerConfigFile, StaticCredentials } from '../../../oci/src/auth.js';
 import { isLoopbackHost, RegistryClient } from '../../../oci/src/client.js';
 import { nodeQueueName, QUEUE_PREFIX } from '../../../oci/src/job-contract.js';
-import { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { ImageWarmer } from '../fetch/image-warmer.js';
 import { Mirror } from '../mirror/mirror.js';
 import { CriImageService } from '../runtime/cri-image-service.js';
@@ -16,6 +15,7 @@ import { LeaseSet } from '../store/leases.js';
 import { scanStore } from '../store/store-scan.js';
 import { meteredDispatcher } from './blob-metering.js';
 import { type AgentConfig, defaultPlatform, redactConfig } from './config.js';
+import { GatedBlobFetcher } from './gated-fetcher.js';
 import { HealthServer } from './health-server.js';
 import { PrewarmProcessor } from './job-processor.js';
 import { AgentMetrics } from './metrics.js';
@@ -52,7 +52,7 @@ export class AgentDaemon {
   #gc: GarbageCollector | undefined;
   #client: RegistryClient | undefined;
   #dispatcher: ReturnType<typeof meteredDispatcher> | undefined;
-  #fetcher: BlobFetcher | undefined;
+  #fetcher: GatedBlobFetcher | undefined;
   #redis: Redis | undefined;
   #queue: Queue | undefined;
   #worker: PrewarmWorker | undefined;
@@ -161,7 +161,7 @@ export class AgentDaemon {
       plainHttp: (h) => isLoopbackHost(h) || plain.has(h),
       dispatcher: this.#dispatcher,
     });
-    const fetcher = new BlobFetcher(store, {
+    const fetcher = new GatedBlobFetcher(store, {
       chunkSize: c.chunkSize,
       concurrencyPerBlob: c.chunkConcurrency,
       maxConnections: c.maxConnections,
@@ -184,6 +184,7 @@ export class AgentDaemon {
       budget: { maxBytes: c.diskBudgetBytes, maxPercent: c.diskBudgetPercent },
       staleIngestMs: c.staleIngestMs,
       inflight: (d) => fetcher.inflight(d) !== undefined,
+      onReport: (r) => this.#onGcReport(r),
     });
 
     if (this.#deps.runtime !== undefined) this.#runtime = this.#deps.runtime ?? undefined;
@@ -199,6 +200,7 @@ export class AgentDaemon {
         metrics: this.metrics,
         logger: log,
         runtime: this.#runtime,
+        gate: (signal, ready) => fetcher.gate(signal, ready),
       },
     );
 
@@ -248,38 +250,44 @@ export class AgentDaemon {
   }
 
   async #collect(reason: string): Promise<GcReport | undefined> {
-    const gc = this.#gc;
-    if (!gc) return undefined;
     try {
-      const report = await gc.collect({ reason });
-      const result = !report.pinsKnown ? 'pins_unknown' : report.satisfied ? 'ok' : 'short';
-      this.metrics.gcRuns.inc({ reason, result });
-      if (report.evictedImages.length > 0)
-        this.metrics.gcEvictions.inc({ kind: 'image' }, report.evictedImages.length);
-      if (report.evictedBlobs > 0) this.metrics.gcEvictions.inc({ kind: 'blob' }, report.evictedBlobs);
-      if (report.freedBytes > 0) this.metrics.gcFreedBytes.inc(report.freedBytes);
-      const level =
-        report.evictedBlobs > 0 || report.removedIngests > 0 || !report.pinsKnown ? 'info' : 'debug';
-      this.#log[level](
-        {
-          reason,
-          pinsKnown: report.pinsKnown,
-          usageBefore: report.usageBefore,
-          usageAfter: report.usageAfter,
-          budgetBytes: report.budgetBytes,
-          evictedImages: report.evictedImages.map((e) => `${e.repository}@${e.digest}`),
-          evictedBlobs: report.evictedBlobs,
-          freedBytes: report.freedBytes,
-          removedIngests: report.removedIngests,
-        },
-        'garbage collection',
-      );
-      return report;
+      return await this.#gc?.collect({ reason });
     } catch (err) {
       this.metrics.gcRuns.inc({ reason, result: 'error' });
       this.#log.warn({ err, reason }, 'garbage collection failed');
       return undefined;
     }
+  }
+
+  /** Metrics and a log line for every collection pass (periodic, startup, or made by a job). */
+  #onGcReport(report: GcReport): void {
+    const result = !report.pinsKnown ? 'pins_unknown' : report.satisfied ? 'ok' : 'short';
+    this.metrics.gcRuns.inc({ reason: report.reason, result });
+    if (report.evictedImages.length > 0)
+      this.metrics.gcEvictions.inc({ kind: 'image' }, report.evictedImages.length);
+    if (report.evictedBlobs > 0) this.metrics.gcEvictions.inc({ kind: 'blob' }, report.evictedBlobs);
+    if (report.freedBytes > 0) this.metrics.gcFreedBytes.inc(report.freedBytes);
+    const level =
+      report.evictedBlobs > 0 || report.removedIngests > 0 || !report.pinsKnown || !report.satisfied
+        ? 'info'
+        : 'debug';
+    this.#log[level](
+      {
+        reason: report.reason,
+        pinsKnown: report.pinsKnown,
+        satisfied: report.satisfied,
+        usageBefore: report.usageBefore,
+        usageAfter: report.usageAfter,
+        budgetBytes: report.budgetBytes,
+        needBytes: report.needBytes,
+        protectedBytes: report.protectedBytes,
+        evictedImages: report.evictedImages.map((e) => `${e.repository}@${e.digest}`),
+        evictedBlobs: report.evictedBlobs,
+        freedBytes: report.freedBytes,
+        removedIngests: report.removedIngests,
+      },
+      'garbage collection',
+    );
   }
 
   #scheduleGc(): void {

@@ -88,6 +88,11 @@ export interface PrewarmProcessorDeps {
   logger: Logger;
   /** Needed for `unpack` jobs and runtime re-checks; absent = `unpack` jobs fail permanently. */
   runtime?: RuntimeImageService | undefined;
+  /**
+   * Holds the job's blob downloads (fetches made with `signal`) until `ready` settles
+   * (GatedBlobFetcher.gate), so nothing is downloaded before room is reserved.
+   */
+  gate?: (signal: AbortSignal, ready: Promise<void>) => void;
 }
 
 /**
@@ -228,6 +233,7 @@ export class PrewarmProcessor {
                 },
                 (err: unknown) => log.warn({ err }, 'garbage collection before download failed'),
               );
+              this.#deps.gate?.(jobSignal, reserving);
             },
           });
         } catch (err) {

@@ -28,6 +28,8 @@ export interface GarbageCollectorOptions {
   now?: () => number;
   /** Filesystem space probe. Default statfs(2) on the store root. */
   space?: (path: string) => Promise<FsSpace>;
+  /** Called with every pass's report (metrics, logs). */
+  onReport?: (report: GcReport) => void;
 }
 
 /** Blobs a job is about to download, so room is made (and reserved) for what is not yet on disk. */
@@ -97,7 +99,8 @@ interface Unit {
  * Eviction unit: an unpinned image record (its blobs are deleted unless another
  * remaining record or a pin still needs them) or a blob no record references (e.g.
  * left by a failed job, or cached by the mirror). Units go oldest first by last use
- * (the newest of the record's warm time and its blobs' access times). The record is
+ * (the newest of the record's warm time and the access times of its image manifest
+ * and of its blobs no other record shares; the mirror touches what it serves). The record is
  * deleted before its blobs, so a crash mid-eviction leaves orphan blobs (collected
  * later), never a record pointing at missing blobs.
  *
@@ -125,6 +128,7 @@ export class GarbageCollector {
       inflight: opts.inflight ?? (() => false),
       now: opts.now ?? Date.now,
       space: opts.space ?? fsSpace,
+      onReport: opts.onReport ?? (() => undefined),
     };
   }
 
@@ -305,22 +309,28 @@ export class GarbageCollector {
     report.usageAfter = usage;
     report.availableBytes = available;
     report.satisfied = fits();
+    this.#opts.onReport(report);
     return report;
   }
 
   /** Evictable units, least recently used first. */
   #units(blobs: Map<Digest, BlobInfo>, records: readonly ImageRecord[], keep: Set<Digest>): Unit[] {
     const units: Unit[] = [];
-    const referenced = new Set<Digest>();
+    const refs = new Map<Digest, number>();
+    for (const r of records)
+      for (const d of new Set([...r.manifests, ...r.blobs])) refs.set(d, (refs.get(d) ?? 0) + 1);
     for (const r of records) {
-      for (const d of [...r.manifests, ...r.blobs]) referenced.add(d);
       if (keep.has(r.digest) || keep.has(r.manifestDigest)) continue;
+      // Last use: the warm, or a read of its image manifest or of a blob no other image
+      // shares (a shared layer's reads would make every image holding it look recent).
       let lastUsed = r.warmedAt;
-      for (const d of r.blobs) lastUsed = Math.max(lastUsed, blobs.get(d)?.accessedAt ?? 0);
+      for (const d of [r.manifestDigest, ...r.blobs])
+        if (d === r.manifestDigest || refs.get(d) === 1)
+          lastUsed = Math.max(lastUsed, blobs.get(d)?.accessedAt ?? 0);
       units.push({ lastUsed, record: r });
     }
     for (const b of blobs.values()) {
-      if (!referenced.has(b.digest) && !keep.has(b.digest)) units.push({ lastUsed: b.accessedAt, blob: b });
+      if (!refs.has(b.digest) && !keep.has(b.digest)) units.push({ lastUsed: b.accessedAt, blob: b });
     }
     return units.sort((a, b) => a.lastUsed - b.lastUsed);
   }
