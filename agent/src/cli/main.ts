@@ -6,6 +6,7 @@ import { hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
 import { parseReference } from '../../../oci/src/reference.js';
 import { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { ImageWarmer } from '../fetch/image-warmer.js';
+import { SERVE_USAGE, serveCommand } from '../mirror/serve-command.js';
 import { FsBlobStore } from '../store/fs-store.js';
 import { ExitCodes, exitCodeFor } from './exit-codes.js';
 import { formatBytes, formatDuration, parseSize } from './format.js';
@@ -15,6 +16,8 @@ const USAGE = `Usage: kube-prewarm <command> [options]
 
 Commands:
   warm <image-ref>   Fetch an image into a local content-addressed store (resumable).
+  agent              Run the node agent daemon (configured by KUBE_PREWARM_* env; docs/agent.md).
+  serve              Serve a store as a node-local OCI mirror for containerd (hosts.toml).
 
 warm options:
   --store <dir>            Store directory (default: ./.prewarm-store)
@@ -29,6 +32,7 @@ warm options:
   --json                   Print a JSON summary on stdout instead of a progress bar
   --no-fsync               Skip fsync (throwaway stores only)
 
+${SERVE_USAGE}
 Exit codes: 0 ok, 2 usage, 3 image/blob/platform not found, 4 auth, 5 digest or
 size mismatch, 6 network/registry, 7 disk full, 130 interrupted (rerun to resume).
 `;
@@ -40,6 +44,9 @@ export async function main(argv: string[]): Promise<number> {
     return command === undefined ? ExitCodes.USAGE : ExitCodes.OK;
   }
   if (command === 'warm') return warm(rest);
+  // The node agent daemon; configured by KUBE_PREWARM_* variables (docs/agent.md). Loaded lazily.
+  if (command === 'agent') return (await import('../daemon/main.js')).runAgentFromProcess();
+  if (command === 'serve') return serveCommand(rest);
   process.stderr.write(`kube-prewarm: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
   return ExitCodes.USAGE;
 }

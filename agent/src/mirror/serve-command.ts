@@ -1,0 +1,147 @@
+import { parseArgs } from 'node:util';
+import pino from 'pino';
+import { loadDockerConfigFile, StaticCredentials } from '../../../oci/src/auth.js';
+import { isLoopbackHost, RegistryClient } from '../../../oci/src/client.js';
+import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
+import { hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
+import { isValidRegistryHost } from '../../../oci/src/reference.js';
+import { ExitCodes, exitCodeFor } from '../cli/exit-codes.js';
+import { parseSize } from '../cli/format.js';
+import { BlobFetcher } from '../fetch/blob-fetcher.js';
+import { FsBlobStore } from '../store/fs-store.js';
+import { Mirror } from './mirror.js';
+import type { TagPolicy } from './mirror-options.js';
+
+export const SERVE_USAGE = `serve options (kube-prewarm serve --store <dir> --listen <host:port>):
+  --store <dir>              Store directory (default: ./.prewarm-store)
+  --listen <host:port>       Address to serve on (default 127.0.0.1:5055; port 0 = any free port)
+  --tag-policy <p>           upstream-first (default) or store-first
+  --resolve-timeout <dur>    Upstream tag resolution before falling back to the store (default 2s)
+  --deadline <dur>           Time to start an answer before 503 (default 5s)
+  --stall-timeout <dur>      Cut a streaming body whose download stalls this long (default 30s)
+  --upstreams <hosts|*>      Registries the mirror may fetch from on a miss (default *: any)
+  --default-registry <host>  Upstream for requests without ?ns= (default: none, store only)
+  --platform <os/arch[/v]>   Platform whose image records answer tags (default: this host's)
+  --docker-config <file>     Upstream credentials (dockerconfigjson)
+  --plain-http <hosts>       Registry hosts spoken to over HTTP (loopback always is)
+  --bandwidth <size>         Fetcher bandwidth cap for misses, bytes/s (default: unlimited)
+  --log-level <level>        debug, info (default), warn, error
+  --no-fsync                 Skip fsync (throwaway stores only)
+Prints {"listening":"<host:port>"} on stdout once bound; SIGTERM/SIGINT close it gracefully.
+`;
+
+/** Parses `250ms`, `2s`, `1m`, or plain milliseconds. */
+export function parseDuration(s: string, name: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s.trim());
+  if (!m) throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `${name}: invalid duration ${JSON.stringify(s)}`);
+  const mult = m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 1;
+  return Math.round(Number(m[1]) * mult);
+}
+
+/**
+ * `kube-prewarm serve`: the mirror over a store directory, with its own fetcher for misses.
+ * Resolves with the exit code once a signal closed it (0), or at once on bad arguments (2)
+ * or a failure to start.
+ */
+export async function serveCommand(argv: string[]): Promise<number> {
+  let values: ReturnType<typeof parse>['values'];
+  try {
+    ({ values } = parse(argv));
+  } catch (err) {
+    process.stderr.write(`kube-prewarm serve: ${(err as Error).message}\n\n${SERVE_USAGE}`);
+    return ExitCodes.USAGE;
+  }
+  const log = pino({ level: values['log-level'] ?? 'info' }, pino.destination(2));
+  let client: RegistryClient | undefined;
+  let fetcher: BlobFetcher | undefined;
+  let mirror: Mirror | undefined;
+  const controller = new AbortController();
+  const onSignal = () => controller.abort();
+  try {
+    const policy = values['tag-policy'] ?? 'upstream-first';
+    if (policy !== 'upstream-first' && policy !== 'store-first')
+      throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `--tag-policy must be upstream-first or store-first`);
+    const upstreams = (values.upstreams ?? '*').split(',').filter(Boolean);
+    if (!upstreams.every((h) => h === '*' || isValidRegistryHost(h)))
+      throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `--upstreams: invalid host in ${values.upstreams}`);
+    const anyUpstream = upstreams.includes('*');
+    const credentials = values['docker-config']
+      ? await loadDockerConfigFile(values['docker-config'])
+      : new StaticCredentials();
+    const plain = new Set((values['plain-http'] ?? '').split(',').filter(Boolean));
+    const store = await new FsBlobStore(values.store ?? '.prewarm-store', {
+      fsync: values['no-fsync'] !== true,
+    }).init();
+    // Few retries: a mirror that waits on a sick upstream holds up the pull it should speed up.
+    client = new RegistryClient({
+      credentials,
+      plainHttp: (h) => isLoopbackHost(h) || plain.has(h),
+      retry: { attempts: 2, maxDelayMs: 500 },
+    });
+    fetcher = new BlobFetcher(store, {
+      bandwidthBytesPerSec: values.bandwidth ? parseSize(values.bandwidth) : undefined,
+    });
+    mirror = new Mirror(
+      { store, fetcher, client },
+      {
+        listen: values.listen ?? '127.0.0.1:5055',
+        tagPolicy: policy as TagPolicy,
+        resolveTimeoutMs: values['resolve-timeout']
+          ? parseDuration(values['resolve-timeout'], '--resolve-timeout')
+          : undefined,
+        deadlineMs: values.deadline ? parseDuration(values.deadline, '--deadline') : undefined,
+        stallTimeoutMs: values['stall-timeout']
+          ? parseDuration(values['stall-timeout'], '--stall-timeout')
+          : undefined,
+        defaultRegistry: values['default-registry'],
+        allowUpstream: anyUpstream ? undefined : (h) => upstreams.includes(h),
+        platforms: [values.platform ? parsePlatform(values.platform) : hostPlatform()],
+        logger: log,
+      },
+    );
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    const address = await mirror.start(controller.signal);
+    process.stdout.write(`${JSON.stringify({ listening: address, store: store.root })}\n`);
+    await new Promise<void>((resolve) => {
+      if (controller.signal.aborted) resolve();
+      else controller.signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+    return ExitCodes.OK;
+  } catch (err) {
+    const message = isPrewarmError(err)
+      ? `${err.code}: ${err.message}`
+      : String((err as Error)?.stack ?? err);
+    process.stderr.write(`kube-prewarm serve: ${message}\n`);
+    return isPrewarmError(err, ErrorCodes.INVALID_CONFIG) ? ExitCodes.USAGE : exitCodeFor(err);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await mirror?.close();
+    await fetcher?.close();
+    await client?.close();
+  }
+}
+
+function parse(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    allowPositionals: false,
+    options: {
+      store: { type: 'string' },
+      listen: { type: 'string' },
+      'tag-policy': { type: 'string' },
+      'resolve-timeout': { type: 'string' },
+      deadline: { type: 'string' },
+      'stall-timeout': { type: 'string' },
+      upstreams: { type: 'string' },
+      'default-registry': { type: 'string' },
+      platform: { type: 'string' },
+      'docker-config': { type: 'string' },
+      'plain-http': { type: 'string' },
+      bandwidth: { type: 'string' },
+      'log-level': { type: 'string' },
+      'no-fsync': { type: 'boolean' },
+    },
+  });
+}
