@@ -73,6 +73,7 @@ describe('the chart on a real kube-apiserver', () => {
         priorityClassName: 'system-node-critical',
         dockerConfigSecret: 'node-creds',
         hostNetwork: false,
+        mirror: { hostsToml: { install: false } },
       },
     },
   };

@@ -492,6 +492,7 @@ describe('webhooks', () => {
     const vol = dep.spec.template.spec.volumes.find((v: { name: string }) => v.name === mount.name);
     assert.equal(vol.secret.secretName, `${FULL}-webhooks`);
     assert.deepEqual(vol.secret.items, [{ key: 'webhooks.yaml', path: 'webhooks.yaml' }]);
+    assert.equal(vol.secret.defaultMode, 0o440, 'readable by the pod group (fsGroup), nobody else');
     assert.equal(cfg.webhooksConfig.endsWith('/webhooks.yaml'), true);
 
     const sum = dep.spec.template.metadata.annotations['checksum/webhooks'];

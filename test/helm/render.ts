@@ -93,7 +93,8 @@ export async function render(values: unknown = {}, opts: RenderOptions = {}): Pr
   );
   if (r.code !== 0) throw new Error(`helm template failed (${r.code}): ${r.stderr}`);
   const out: K8sObject[] = [];
-  for (const doc of parseAllDocuments(r.stdout)) {
+  // YAML 1.1, as Helm and Kubernetes read manifests: `defaultMode: 0440` is octal there.
+  for (const doc of parseAllDocuments(r.stdout, { version: '1.1' })) {
     if (doc.errors.length > 0)
       throw new Error(`rendered YAML invalid: ${doc.errors.map((e) => e.message).join('; ')}`);
     const obj = doc.toJS() as K8sObject | null;

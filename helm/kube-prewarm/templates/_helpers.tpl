@@ -206,3 +206,29 @@ Env entries for the Redis URL under the variable name given: (list $ "KPRW_REDIS
   resources: [events]
   verbs: [create, patch]
 {{- end }}
+
+{{/* The hosts.toml installer runs when the mirror is on and install is asked for. */}}
+{{- define "kube-prewarm.hostsTomlEnabled" -}}
+{{- $a := .Values.agent }}
+{{- if and $a.mirror.hostsToml.install (gt (int $a.mirror.port) 0) }}
+{{- if not $a.hostNetwork }}
+{{- fail "agent.mirror.hostsToml.install needs agent.hostNetwork: containerd reaches the mirror on the node's loopback" }}
+{{- end }}
+{{- if not $a.mirror.hostsToml.registries }}
+{{- fail "agent.mirror.hostsToml.registries is empty: list registries (or _default), or set install: false" }}
+{{- end }}true
+{{- end }}
+{{- end }}
+
+{{/* The mirror URL containerd uses (hosts.toml): loopback unless bound to one address. */}}
+{{- define "kube-prewarm.mirrorUrl" -}}
+{{- $h := .Values.agent.mirror.host }}
+{{- if or (eq $h "0.0.0.0") (eq $h "::") (eq $h "") }}{{ $h = "127.0.0.1" }}{{ end }}
+{{- if contains ":" $h }}{{ $h = printf "[%s]" $h }}{{ end }}
+{{- printf "http://%s:%v" $h .Values.agent.mirror.port }}
+{{- end }}
+
+{{/* Marks the hosts.toml files of this release. */}}
+{{- define "kube-prewarm.hostsTomlOwner" -}}
+{{- printf "%s/%s" .Release.Namespace .Release.Name }}
+{{- end }}
