@@ -47,15 +47,11 @@ interface ClientArgs {
   timeLimitS: number | undefined;
 }
 
-/** The contract of agent/src/fetch/bench-entry.ts (owned by the fetcher's author). */
-type FetchBlobForBench = (opts: {
-  registryHost: string;
-  repository: string;
-  digest: string;
-  size: number;
-  storeDir: string;
-  plainHttp: true;
-}) => Promise<{ bytes: number }>;
+/**
+ * The contract of agent/src/fetch/bench-entry.ts (owned by the fetcher's author), taken from
+ * the module so that tsc flags drift; loaded at run time with a dynamic import.
+ */
+type FetchBlobForBench = typeof import('../agent/src/fetch/bench-entry.js').fetchBlobForBench;
 
 const BENCH_ENTRY = fileURLToPath(new URL('../agent/src/fetch/bench-entry.ts', import.meta.url));
 
@@ -97,7 +93,6 @@ async function singleStream(
 /** The project's fetcher, or why it cannot be used (yet). */
 async function loadFetcher(): Promise<FetchBlobForBench | string> {
   if (!existsSync(BENCH_ENTRY)) return `${BENCH_ENTRY} does not exist yet`;
-  // A computed specifier: the module may not exist when this file is type-checked.
   const mod = (await import(BENCH_ENTRY)) as { fetchBlobForBench?: unknown };
   if (typeof mod.fetchBlobForBench !== 'function') return `${BENCH_ENTRY} exports no fetchBlobForBench`;
   return mod.fetchBlobForBench as FetchBlobForBench;
