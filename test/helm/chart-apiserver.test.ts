@@ -10,6 +10,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
+  ApiextensionsV1Api,
+  AppsV1Api,
   AuthorizationV1Api,
   CoreV1Api,
   CustomObjectsApi,
@@ -17,12 +19,13 @@ import {
   PatchStrategy,
   type V1Lease,
 } from '@kubernetes/client-node';
+import { parse as parseYaml } from 'yaml';
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION } from '../../operator/src/api/types.js';
 import { ClientNodePort } from '../../operator/src/kube/client-node-port.js';
 import { apiStatus } from '../../operator/src/kube/port.js';
 import { errorBody, type KubeHandle, startKube } from '../harness/kube.js';
 import { createNode } from '../harness/kube-nodes.js';
-import { type K8sObject, NAMESPACE, one, RELEASE, render } from './render.js';
+import { CHART_DIR, helm, type K8sObject, NAMESPACE, one, RELEASE, render } from './render.js';
 
 const FULL = `${RELEASE}-kube-prewarm`;
 const FIELD_MANAGER = 'kube-prewarm-chart-test';
@@ -283,5 +286,89 @@ describe('the chart on a real kube-apiserver', () => {
       );
       assert.ok(!(await can(agent, { group: '', resource: 'nodes', verb: 'get', name: 'node-a' })));
     });
+  });
+});
+
+describe('helm install, upgrade and uninstall against a real kube-apiserver', () => {
+  let kube: KubeHandle;
+  const helmArgs = (...args: string[]) => [
+    ...args,
+    '--namespace',
+    NAMESPACE,
+    '--kubeconfig',
+    kube.kubeconfigPath,
+  ];
+
+  before(async () => {
+    // No CRDs up front: helm installs them from the chart's crds/.
+    kube = await startKube({ applyCrds: false });
+  });
+  after(async () => {
+    await kube?.stop();
+  });
+
+  const redisPassword = async () => {
+    const s = await kube.kc
+      .makeApiClient(CoreV1Api)
+      .readNamespacedSecret({ namespace: NAMESPACE, name: `${FULL}-redis` });
+    return Buffer.from(s.data?.['redis-password'] ?? '', 'base64').toString();
+  };
+
+  test('install creates the CRD and every object; the NOTES example is a valid ImagePrewarm', async () => {
+    const r = await helm(helmArgs('install', RELEASE, CHART_DIR, '--create-namespace'), {});
+    assert.equal(r.code, 0, r.stderr);
+    const crd = await kube.kc
+      .makeApiClient(ApiextensionsV1Api)
+      .readCustomResourceDefinition({ name: `${PLURAL}.${GROUP}` });
+    assert.equal(crd.metadata?.labels?.['app.kubernetes.io/name'], 'kube-prewarm');
+    const apps = kube.kc.makeApiClient(AppsV1Api);
+    assert.equal(
+      (await apps.readNamespacedDeployment({ namespace: NAMESPACE, name: `${FULL}-operator` })).spec
+        ?.replicas,
+      2,
+    );
+    await apps.readNamespacedDaemonSet({ namespace: NAMESPACE, name: `${FULL}-agent` });
+    await apps.readNamespacedStatefulSet({ namespace: NAMESPACE, name: `${FULL}-redis` });
+    assert.match(await redisPassword(), /^[A-Za-z0-9]{32}$/);
+
+    // NOTES.txt shows how to warm a first image: that example must be accepted as written.
+    const m = /cat <<'YAML' \| kubectl apply -f -\n([\s\S]*?)\n\s*YAML\n/.exec(r.stdout);
+    assert.ok(m, `no ImagePrewarm example in the NOTES:\n${r.stdout}`);
+    const example = parseYaml(m[1]!.replace(/^ {2}/gm, '')) as K8sObject;
+    assert.equal(example.kind, KIND);
+    await KubernetesObjectApi.makeApiClient(kube.kc).create(example);
+  });
+
+  test('upgrade keeps the generated Redis password and applies changed values', async () => {
+    const before = await redisPassword();
+    const r = await helm(helmArgs('upgrade', RELEASE, CHART_DIR), { agent: { logLevel: 'debug' } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(
+      await redisPassword(),
+      before,
+      'a new password would lock the agents out of the AOF-backed Redis',
+    );
+    const ds = await kube.kc
+      .makeApiClient(AppsV1Api)
+      .readNamespacedDaemonSet({ namespace: NAMESPACE, name: `${FULL}-agent` });
+    const env = ds.spec?.template.spec?.containers[0]?.env ?? [];
+    assert.equal(env.find((e) => e.name === 'KUBE_PREWARM_LOG_LEVEL')?.value, 'debug');
+  });
+
+  test('uninstall removes the release but keeps the CRD and the ImagePrewarms', async () => {
+    const r = await helm(helmArgs('uninstall', RELEASE), undefined);
+    assert.equal(r.code, 0, r.stderr);
+    const apps = kube.kc.makeApiClient(AppsV1Api);
+    await assert.rejects(
+      apps.readNamespacedDaemonSet({ namespace: NAMESPACE, name: `${FULL}-agent` }),
+      (err: unknown) => {
+        assert.equal(apiStatus(err), 404);
+        return true;
+      },
+    );
+    const left = (await kube.kc
+      .makeApiClient(CustomObjectsApi)
+      .listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL })) as { items: unknown[] };
+    assert.equal(left.items.length, 1, 'Helm never deletes crds/ (nor, therefore, the resources)');
   });
 });

@@ -56,14 +56,18 @@ export interface HelmResult {
   stderr: string;
 }
 
-/** Runs helm with `values` written to a temp file as `-f`; never throws on a non-zero exit. */
+/**
+ * Runs helm with `values` written to a temp file as `-f` (none when undefined); never throws
+ * on a non-zero exit.
+ */
 export async function helm(sub: string[], values: unknown, opts: RenderOptions = {}): Promise<HelmResult> {
   const dir = await makeTempDir('helm-values');
   try {
     const file = join(dir, 'values.json');
     // JSON is YAML: no quoting surprises for strings like "0" or "on".
-    await writeFile(file, JSON.stringify(values ?? {}));
-    const args = [...sub, '-f', file, ...(opts.apiVersions ?? []).flatMap((v) => ['--api-versions', v])];
+    if (values !== undefined) await writeFile(file, JSON.stringify(values));
+    const args = [...sub, ...(values === undefined ? [] : ['-f', file])];
+    args.push(...(opts.apiVersions ?? []).flatMap((v) => ['--api-versions', v]));
     args.push(...(opts.args ?? []));
     try {
       const { stdout, stderr } = await execFileP(helmBin(), args, {
