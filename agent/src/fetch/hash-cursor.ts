@@ -10,9 +10,17 @@ import type { RangeSet } from '../store/ranges.js';
  * them. So the common case hashes every byte straight from the network buffer, with no
  * second pass over the file.
  */
+/** Consecutive held buffers from one connection: one entry per range in flight, not per packet. */
+interface Run {
+  bufs: Buffer[];
+  end: number;
+}
+
 export class HashCursor {
   readonly #hash: Hash = createHash('sha256');
-  readonly #pending = new Map<number, Buffer>();
+  /** Held runs by start offset, and the same runs by end offset (to append in O(1)). */
+  readonly #runs = new Map<number, Run>();
+  readonly #ends = new Map<number, number>();
   readonly #memoryLimit: number;
   #held = 0;
   #cursor = 0;
@@ -46,21 +54,35 @@ export class HashCursor {
     if (offset === this.#cursor && this.#draining === undefined) {
       this.#hash.update(buf);
       this.#cursor += buf.byteLength;
-      this.#takePending();
+      this.#takeRuns();
       return true;
     }
     if (offset < this.#cursor || this.#held + buf.byteLength > this.#memoryLimit) return false;
-    this.#pending.set(offset, buf);
+    const end = offset + buf.byteLength;
+    const start = this.#ends.get(offset);
+    const run = start === undefined ? undefined : this.#runs.get(start);
+    if (start !== undefined && run) {
+      run.bufs.push(buf);
+      run.end = end;
+      this.#ends.delete(offset);
+      this.#ends.set(end, start);
+    } else {
+      this.#runs.set(offset, { bufs: [buf], end });
+      this.#ends.set(end, offset);
+    }
     this.#held += buf.byteLength;
     return true;
   }
 
-  #takePending(): void {
-    for (let b = this.#pending.get(this.#cursor); b !== undefined; b = this.#pending.get(this.#cursor)) {
-      this.#pending.delete(this.#cursor);
-      this.#held -= b.byteLength;
-      this.#hash.update(b);
-      this.#cursor += b.byteLength;
+  #takeRuns(): void {
+    for (let run = this.#runs.get(this.#cursor); run !== undefined; run = this.#runs.get(this.#cursor)) {
+      this.#runs.delete(this.#cursor);
+      this.#ends.delete(run.end);
+      for (const b of run.bufs) {
+        this.#hash.update(b);
+        this.#held -= b.byteLength;
+      }
+      this.#cursor = run.end;
     }
   }
 
@@ -79,13 +101,13 @@ export class HashCursor {
 
   async #drainLoop(): Promise<void> {
     for (;;) {
-      this.#takePending();
+      this.#takeRuns();
       if (this.#cursor >= this.size) return;
       const runEnd = this.written.runEnd(this.#cursor);
       if (runEnd === undefined) return;
-      // Read up to the next held buffer so held buffers stay aligned to the cursor.
+      // Read up to the next held run so held runs stay aligned to the cursor.
       let end = Math.min(runEnd, this.#cursor + 4 * 1024 * 1024);
-      for (const k of this.#pending.keys()) if (k > this.#cursor && k < end) end = k;
+      for (const k of this.#runs.keys()) if (k > this.#cursor && k < end) end = k;
       const buf = await this.read(this.#cursor, end - this.#cursor);
       this.#hash.update(buf);
       this.rereadBytes += buf.byteLength;
@@ -95,7 +117,8 @@ export class HashCursor {
 
   /** Drops held buffers (after an abort) so memory is released. */
   clear(): void {
-    this.#pending.clear();
+    this.#runs.clear();
+    this.#ends.clear();
     this.#held = 0;
   }
 
