@@ -678,3 +678,35 @@ describe('values.schema.json and template checks refuse bad values', () => {
 function pick(o: Record<string, string>, keys: string[]): Record<string, string> {
   return Object.fromEntries(keys.map((k) => [k, o[k]!]));
 }
+
+describe('docs/install.md', () => {
+  test('its values table covers every key of values.yaml and names no key that does not exist', async () => {
+    const values = parseYaml(await readFile(join(CHART_DIR, 'values.yaml'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    const leaves: string[] = [];
+    const walk = (o: unknown, path: string): void => {
+      if (o !== null && typeof o === 'object' && !Array.isArray(o) && Object.keys(o).length > 0)
+        for (const [k, v] of Object.entries(o)) walk(v, path ? `${path}.${k}` : k);
+      else leaves.push(path);
+    };
+    walk(values, '');
+    const doc = await readFile(join(REPO_ROOT, 'docs', 'install.md'), 'utf8');
+    const table = doc.slice(doc.indexOf('## Values'));
+    const documented = [...table.matchAll(/^\| `([A-Za-z0-9_.]+)` \|/gm)].map((m) => m[1]!);
+    // A free-form map (resources, nodeSelector, ...) is documented as a whole.
+    const covered = (leaf: string) => documented.some((d) => leaf === d || leaf.startsWith(`${d}.`));
+    assert.deepEqual(
+      leaves.filter((l) => !covered(l)),
+      [],
+      'values missing from the docs/install.md table',
+    );
+    const exists = (key: string) => leaves.some((l) => l === key || l.startsWith(`${key}.`));
+    assert.deepEqual(
+      documented.filter((d) => !exists(d)),
+      [],
+      'documented keys that values.yaml does not have',
+    );
+  });
+});
