@@ -234,6 +234,7 @@ export class AgentDaemon {
         queue: this.#queue,
         store,
         processor,
+        leases: this.leases,
         runtime: this.#runtime,
         metrics: this.metrics,
         logger: log.child({ component: 'recheck' }),

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { PrewarmJobProgress } from '../../../oci/src/job-contract.js';
 import { formatPlatform } from '../../../oci/src/platform.js';
 import type { BlobStore } from '../store/blob-store.js';
+import type { LeaseSet } from '../store/leases.js';
 import { storedProgress } from './job-data.js';
 import type { PrewarmProcessor } from './job-processor.js';
 import type { AgentMetrics } from './metrics.js';
@@ -22,6 +23,8 @@ export interface WarmKeeperDeps {
   queue: Queue;
   store: BlobStore;
   processor: PrewarmProcessor;
+  /** Protects what a runtime re-import reads from garbage collection. */
+  leases: LeaseSet;
   runtime?: RuntimeImageService | undefined;
   metrics: AgentMetrics;
   logger: Logger;
@@ -85,7 +88,7 @@ export class WarmKeeper {
   }
 
   async #recheck(signal: AbortSignal): Promise<RecheckReport> {
-    const { redis, store, processor, runtime, metrics, logger } = this.#deps;
+    const { redis, store, processor, runtime, metrics, logger, leases } = this.#deps;
     const report: RecheckReport = { checked: 0, storeRewarms: 0, runtimeRewarms: 0, failures: 0 };
     for (const stored of await readNodeJobs(redis, this.#opts.node)) {
       if (signal.aborted) break;
@@ -119,24 +122,39 @@ export class WarmKeeper {
         metrics.rewarms.inc({ cause });
         const floor = storedProgress(stored.progress);
         let job: Job | undefined;
-        await processor.process(
-          {
-            id: stored.id,
-            data: stored.data,
-            progress: stored.progress,
-            updateProgress: async (p: PrewarmJobProgress) => {
-              job ??= await Job.fromId(this.#deps.queue, stored.id);
-              await job?.updateProgress({
-                ...p,
-                ...(floor?.evictions ? { evictions: floor.evictions } : {}),
-              });
+        const jobHandle = async () => {
+          job ??= await Job.fromId(this.#deps.queue, stored.id);
+          return job;
+        };
+        if (storeOk) {
+          // Only the runtime lost it: import from the store through the mirror, no registry traffic.
+          const lease = leases.acquire([
+            data.digest,
+            ...(record ? [...record.manifests, ...record.blobs] : []),
+          ]);
+          try {
+            await runtime!.pullImage(image, { signal });
+          } finally {
+            lease.release();
+          }
+        } else {
+          await processor.process(
+            {
+              id: stored.id,
+              data: stored.data,
+              progress: stored.progress,
+              updateProgress: async (p: PrewarmJobProgress) => {
+                await (await jobHandle())?.updateProgress({
+                  ...p,
+                  ...(floor?.evictions ? { evictions: floor.evictions } : {}),
+                });
+              },
             },
-          },
-          signal,
-        );
+            signal,
+          );
+        }
         if (runtimeLost) {
           report.runtimeRewarms++;
-          job ??= await Job.fromId(this.#deps.queue, stored.id);
           const base = floor ?? {
             phase: 'unpacked' as const,
             bytesDone: 0,
@@ -144,7 +162,7 @@ export class WarmKeeper {
             layersDone: 0,
             layersTotal: 0,
           };
-          await job?.updateProgress({ ...base, evictions: (floor?.evictions ?? 0) + 1 });
+          await (await jobHandle())?.updateProgress({ ...base, evictions: (floor?.evictions ?? 0) + 1 });
         } else report.storeRewarms++;
       } catch (err) {
         report.failures++;

@@ -1,0 +1,165 @@
+/**
+ * `unpack` mode and "warm stays warm" against a real containerd (CRI over its socket),
+ * the agent's node-local mirror in hosts.toml, real Redis and a real registry behind a
+ * byte-counting proxy: the runtime losing an image is noticed, counted, and repaired
+ * from the store without registry traffic; the store losing a blob is repaired from
+ * the registry.
+ */
+import assert from 'node:assert/strict';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { Redis } from 'ioredis';
+import { CriImageService } from '../../agent/src/runtime/cri-image-service.js';
+import type { Digest } from '../../oci/src/digest.js';
+import type { PrewarmJobProgress, PrewarmJobResult } from '../../oci/src/job-contract.js';
+import { startContainerd } from '../harness/containerd.js';
+import {
+  Cleanup,
+  type FaultProxyHandle,
+  freePort,
+  type PushedImage,
+  pushImage,
+  type RedisHandle,
+  type RegistryHandle,
+  startFaultProxy,
+  startRedis,
+  startRegistry,
+} from '../harness/index.js';
+import {
+  enqueue,
+  MiB,
+  metricValue,
+  readJob,
+  startAgent,
+  testRedis,
+  waitForJobEnd,
+} from './daemon-fixtures.js';
+
+const cleanup = new Cleanup();
+after(() => cleanup.run());
+
+function blobBytes(proxy: FaultProxyHandle): number {
+  let n = 0;
+  for (const [path, bytes] of proxy.stats.bytesSent) if (path.includes('/blobs/')) n += bytes;
+  return n;
+}
+
+describe('unpack mode and warm-stays-warm (real containerd, Redis, registry)', () => {
+  let registry: RegistryHandle;
+  let proxy: FaultProxyHandle;
+  let redis: RedisHandle;
+  let conn: Redis;
+  let cri: CriImageService;
+  let img: PushedImage;
+  let mirrorPort: number;
+
+  before(async () => {
+    registry = await startRegistry();
+    cleanup.defer(() => registry.close());
+    proxy = await startFaultProxy({ upstream: registry });
+    cleanup.defer(() => proxy.stop());
+    redis = await startRedis();
+    cleanup.defer(() => redis.close());
+    conn = testRedis(redis.url);
+    cleanup.defer(() => conn.disconnect());
+    const containerd = await startContainerd();
+    cleanup.defer(() => containerd.close());
+    mirrorPort = await freePort();
+    // containerd asks the node-local mirror first, the registry (through the proxy) second.
+    const hostDir = join(containerd.certsDir, proxy.host);
+    await mkdir(hostDir, { recursive: true });
+    await writeFile(
+      join(hostDir, 'hosts.toml'),
+      [
+        `server = "http://${proxy.host}"`,
+        '',
+        `[host."http://127.0.0.1:${mirrorPort}"]`,
+        '  capabilities = ["pull", "resolve"]',
+        '',
+      ].join('\n'),
+    );
+    cri = new CriImageService({ address: containerd.address });
+    cleanup.defer(() => cri.close());
+    img = await pushImage(registry, {
+      repository: 'rewarm/app',
+      tag: 'v1',
+      layers: [{ files: { 'etc/app.conf': 'warm\n' } }, { randomBytes: 3 * MiB }],
+    });
+  });
+
+  it('unpack job ends unpacked; a runtime eviction is re-imported from the store and counted; a store loss is re-fetched', async () => {
+    const node = 'node-unpack';
+    const agent = await startAgent(cleanup, {
+      node,
+      redisUrl: redis.url,
+      runtime: cri,
+      extra: { KUBE_PREWARM_MIRROR_HOST: '127.0.0.1', KUBE_PREWARM_MIRROR_PORT: String(mirrorPort) },
+    });
+    const repository = `${proxy.host}/rewarm/app`;
+    const image = `${repository}@${img.digest}`;
+    const id = await enqueue(conn, { node, repository, digest: img.digest, tag: 'v1', mode: 'unpack' });
+    const view = await waitForJobEnd(conn, node, id, { timeoutMs: 120_000 });
+    assert.equal(view.state, 'completed', view.failedReason);
+    assert.equal((view.returnvalue as PrewarmJobResult).phase, 'unpacked');
+    assert.equal((view.progress as PrewarmJobProgress).phase, 'unpacked');
+    const m = img.manifests[0]!;
+    const status = await cri.imageStatus(image);
+    assert.equal(status?.id, m.config.digest, 'the runtime has the image');
+
+    // The node is warm and nothing was lost: a re-check does nothing.
+    const signal = new AbortController().signal;
+    assert.deepEqual(await agent.daemon.keeper!.recheck(signal), {
+      checked: 1,
+      storeRewarms: 0,
+      runtimeRewarms: 0,
+      failures: 0,
+    });
+
+    // kubelet's image GC removes it: the re-check puts it back, from the store.
+    await cri.removeImage(image);
+    assert.equal(await cri.imageStatus(image), undefined);
+    proxy.resetStats();
+    const r = await agent.daemon.keeper!.recheck(signal);
+    assert.deepEqual(r, { checked: 1, storeRewarms: 0, runtimeRewarms: 1, failures: 0 });
+    assert.equal((await cri.imageStatus(image))?.id, m.config.digest, 'back in the runtime');
+    assert.equal(proxy.stats.log.length, 0, 'not one request to the registry');
+    const after1 = await readJob(conn, node, id);
+    assert.equal(after1.state, 'completed');
+    assert.equal((after1.progress as PrewarmJobProgress).evictions, 1);
+    assert.equal((after1.progress as PrewarmJobProgress).phase, 'unpacked');
+
+    // The store loses a layer (disk trouble, a hand-deleted file): re-fetched from the registry.
+    const layer = m.layers[1]!;
+    await agent.daemon.store!.delete(layer.digest as Digest);
+    proxy.resetStats();
+    const r2 = await agent.daemon.keeper!.recheck(signal);
+    assert.deepEqual(r2, { checked: 1, storeRewarms: 1, runtimeRewarms: 0, failures: 0 });
+    assert.ok(await agent.daemon.store!.stat(layer.digest as Digest));
+    assert.equal(blobBytes(proxy), layer.size, 'exactly the lost layer came from the registry');
+    const text = await (await fetch(`${agent.url}/metrics`)).text();
+    assert.equal(metricValue(text, 'kprw_agent_rewarms_total', { cause: 'runtime' }), 1);
+    assert.equal(metricValue(text, 'kprw_agent_rewarms_total', { cause: 'store' }), 1);
+    assert.ok(
+      metricValue(text, 'kprw_agent_mirror_requests_total') > 0,
+      'containerd pulled through the mirror',
+    );
+    await agent.daemon.close();
+  });
+
+  it('an unpack job on an agent without a runtime fails permanently with a reason', async () => {
+    const node = 'node-noruntime';
+    const agent = await startAgent(cleanup, { node, redisUrl: redis.url });
+    const id = await enqueue(conn, {
+      node,
+      repository: `${registry.host}/rewarm/app`,
+      digest: img.digest,
+      mode: 'unpack',
+    });
+    const v = await waitForJobEnd(conn, node, id);
+    assert.equal(v.state, 'failed');
+    assert.equal(v.attemptsMade, 1);
+    assert.match(v.failedReason ?? '', /^PW_ERR_INVALID_CONFIG: unpack mode needs a container runtime/);
+    await agent.daemon.close();
+  });
+});
