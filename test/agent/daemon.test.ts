@@ -43,6 +43,10 @@ const execFileP = promisify(execFile);
 const cleanup = new Cleanup();
 after(() => cleanup.run());
 
+async function progressBytes(conn: Redis, node: string, id: string): Promise<number> {
+  return ((await readJob(conn, node, id)).progress as PrewarmJobProgress | undefined)?.bytesDone ?? 0;
+}
+
 function blobPath(repo: string, digest: string): string {
   return `/v2/${repo}/blobs/${digest}`;
 }
@@ -132,13 +136,10 @@ describe('agent daemon process (real Redis, registry, fault proxy)', () => {
       });
       const m = big.manifests[0]!;
       const total = m.config.size + m.layers.reduce((n, l) => n + l.size, 0);
-      await waitUntil(
-        'a third downloaded',
-        async () =>
-          ((await readJob(conn, node, id)).progress as PrewarmJobProgress | undefined)?.bytesDone! >
-          total / 3,
-        { timeoutMs: 60_000, process: agent.proc },
-      );
+      await waitUntil('a third downloaded', async () => (await progressBytes(conn, node, id)) > total / 3, {
+        timeoutMs: 60_000,
+        process: agent.proc,
+      });
       await agent.proc.kill();
       const blobs = [m.config, ...m.layers];
       const durable = new Map<string, number>();
@@ -182,12 +183,10 @@ describe('agent daemon process (real Redis, registry, fault proxy)', () => {
         digest: big.digest,
         tag: 'v1',
       });
-      await waitUntil(
-        'some progress',
-        async () =>
-          ((await readJob(conn, node, id)).progress as PrewarmJobProgress | undefined)?.bytesDone! > 4 * MiB,
-        { timeoutMs: 60_000, process: agent.proc },
-      );
+      await waitUntil('some progress', async () => (await progressBytes(conn, node, id)) > 4 * MiB, {
+        timeoutMs: 60_000,
+        process: agent.proc,
+      });
       // Grace far above the agent's own bound: a SIGKILL from the harness would show as signal.
       const exit = await agent.proc.stop(30_000);
       assert.deepEqual(exit, { code: 0, signal: null });
@@ -322,8 +321,7 @@ describe('agent daemon process (real Redis, registry, fault proxy)', () => {
       );
       await waitUntil(
         'large download under way',
-        async () =>
-          ((await readJob(conn, node, b)).progress as PrewarmJobProgress | undefined)?.bytesDone! > 2 * MiB,
+        async () => (await progressBytes(conn, node, b)) > 2 * MiB,
         { timeoutMs: 60_000, process: agent.proc },
       );
       // Something else on the node fills the filesystem.
