@@ -1,14 +1,21 @@
 #!/usr/bin/env node
 // Entry point for the `kube-prewarm` command; the code lives in dist/ (built by `npm run build`,
-// which `npm ci` runs through the `prepare` script).
-import { main } from '../dist/agent/src/cli/main.js';
+// which `npm ci` runs through the `prepare` script). `operator` starts the controller; every
+// other subcommand (warm, serve, agent) belongs to the node-side CLI. The two are separate
+// programs that never import each other.
+const [command] = process.argv.slice(2);
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err) => {
-    process.stderr.write(`kube-prewarm: ${err?.stack ?? err}\n`);
-    process.exitCode = 1;
-  },
-);
+if (command === 'operator') {
+  await import('../dist/operator/src/main.js');
+} else {
+  const { main } = await import('../dist/agent/src/cli/main.js');
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.stderr.write(`kube-prewarm: ${err?.stack ?? err}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
