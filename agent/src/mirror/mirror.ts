@@ -189,7 +189,11 @@ export class Mirror {
     this.#stats.requests++;
     const started = performance.now();
     const method = req.method ?? 'GET';
-    const url = new URL(req.url ?? '/', 'http://mirror.invalid');
+    // The path is taken raw: WHATWG URL parsing would resolve `%2e%2e` into `..` and hide it.
+    const rawUrl = req.url ?? '/';
+    const q = rawUrl.indexOf('?');
+    const pathname = q < 0 ? rawUrl : rawUrl.slice(0, q);
+    const query = new URLSearchParams(q < 0 ? '' : rawUrl.slice(q + 1));
     const peer = header(req.headers, PEER_HEADER) === '1';
     // One signal per request: the client going away or the mirror closing stops its work.
     const reqAbort = new AbortController();
@@ -205,18 +209,18 @@ export class Mirror {
         throw new MirrorHttpError(405, 'UNSUPPORTED', 'the node mirror is read-only');
       }
       const head = method === 'HEAD';
-      const route = parseMirrorPath(url.pathname);
+      const route = parseMirrorPath(pathname);
       if (route.kind === 'base') {
         send(
           res,
           200,
-          { 'Content-Type': 'application/json', 'Content-Length': '2' },
+          { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': '2' },
           head ? undefined : '{}',
         );
         outcome = 'base';
         return;
       }
-      const ns = parseNamespace(url.searchParams);
+      const ns = parseNamespace(query);
       const registry = ns ?? this.#defaultRegistry;
       const upstream =
         !peer && registry !== undefined && this.#allowUpstream(registry) ? registry : undefined;
@@ -264,7 +268,7 @@ export class Mirror {
         res.destroy();
       }
       if (e.status >= 500 || res.headersSent)
-        this.#log.warn({ err: e.cause ?? e, path: url.pathname, ns: url.searchParams.get('ns') }, e.message);
+        this.#log.warn({ err: e.cause ?? e, path: pathname, ns: query.get('ns') }, e.message);
     } finally {
       res.off('close', onClose);
       const cls = `${Math.floor(res.statusCode / 100)}xx`;
@@ -272,8 +276,8 @@ export class Mirror {
       this.#log.debug(
         {
           method,
-          path: url.pathname,
-          ns: url.searchParams.get('ns') ?? undefined,
+          path: pathname,
+          ns: query.get('ns') ?? undefined,
           peer,
           status: res.statusCode,
           outcome,
