@@ -71,6 +71,10 @@ export class ProgressReporter {
         layersTotal: p.layersTotal || prev.layersTotal,
         bytesDone: Math.max(prev.bytesDone, p.bytesDone),
         layersDone: Math.max(prev.layersDone, p.layersDone),
+        // The eviction count belongs to the job, not to this run: keep it unless updated.
+        ...((p.evictions ?? prev.evictions) !== undefined
+          ? { evictions: p.evictions ?? prev.evictions }
+          : {}),
       };
       if (
         next.phase === prev.phase &&

@@ -1,0 +1,105 @@
+/** The daemon's typed configuration: defaults, parsing, validation (plain objects). */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { AGENT_SETTINGS, loadConfig, parseDuration, redactConfig } from '../../agent/src/daemon/config.js';
+import { isPrewarmError } from '../../oci/src/errors.js';
+
+function problems(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env);
+    return [];
+  } catch (err) {
+    assert.ok(isPrewarmError(err, 'PW_ERR_INVALID_CONFIG'));
+    return err.detail?.problems as string[];
+  }
+}
+
+describe('agent config', () => {
+  it('needs only the node name; everything else has a documented default', () => {
+    const c = loadConfig({ KUBE_PREWARM_NODE_NAME: 'ip-10-0-0-1.ec2.internal' });
+    assert.equal(c.nodeName, 'ip-10-0-0-1.ec2.internal');
+    assert.equal(c.storePath, '/var/lib/kube-prewarm/store');
+    assert.equal(c.concurrency, 2);
+    assert.equal(c.chunkSize, 16 * 1024 * 1024);
+    assert.equal(c.diskBudgetBytes, 0);
+    assert.equal(c.diskBudgetPercent, 80);
+    assert.equal(c.lockDurationMs, 30_000);
+    assert.equal(c.storeVerify, 'size');
+    assert.deepEqual(c.plainHttpRegistries, []);
+    for (const s of Object.values(AGENT_SETTINGS)) {
+      assert.match(s.env, /^KUBE_PREWARM_[A-Z_]+$/);
+      assert.ok(s.description.length > 10, `${s.env} is documented`);
+    }
+  });
+
+  it('parses sizes, durations, lists and booleans', () => {
+    const c = loadConfig({
+      KUBE_PREWARM_NODE_NAME: 'n',
+      KUBE_PREWARM_DISK_BUDGET: '20GiB',
+      KUBE_PREWARM_BANDWIDTH: '50MiB',
+      KUBE_PREWARM_GC_INTERVAL: '90s',
+      KUBE_PREWARM_STALE_INGEST: '2h',
+      KUBE_PREWARM_SHUTDOWN_TIMEOUT: '1500ms',
+      KUBE_PREWARM_PLAIN_HTTP: 'registry.local:5000, mirror.internal',
+      KUBE_PREWARM_STORE_FSYNC: 'off',
+      KUBE_PREWARM_DISK_BUDGET_PERCENT: '50%',
+    });
+    assert.equal(c.diskBudgetBytes, 20 * 1024 ** 3);
+    assert.equal(c.bandwidthBytesPerSec, 50 * 1024 ** 2);
+    assert.equal(c.gcIntervalMs, 90_000);
+    assert.equal(c.staleIngestMs, 7_200_000);
+    assert.equal(c.shutdownTimeoutMs, 1500);
+    assert.deepEqual(c.plainHttpRegistries, ['registry.local:5000', 'mirror.internal']);
+    assert.equal(c.storeFsync, false);
+    assert.equal(c.diskBudgetPercent, 50);
+    assert.equal(parseDuration('250'), 250);
+    assert.throws(() => parseDuration('soon'));
+  });
+
+  it('reports every problem at once, never echoing a secret', () => {
+    const got = problems({
+      KUBE_PREWARM_CONCURRENCY: '-1',
+      KUBE_PREWARM_REDIS_URL: 'http://user:hunter2hunter2@redis:6379',
+      KUBE_PREWARM_STORE_VERIFY: 'maybe',
+      KUBE_PREWARM_PLATFORM: 'linux',
+      KUBE_PREWARM_MIRROR_PORT: '70000',
+    });
+    assert.equal(got.length, 6);
+    assert.match(got.join('\n'), /KUBE_PREWARM_NODE_NAME is required/);
+    assert.match(got.join('\n'), /KUBE_PREWARM_STORE_VERIFY \("maybe"\): must be one of none, size, full/);
+    assert.match(got.join('\n'), /KUBE_PREWARM_MIRROR_PORT/);
+    assert.match(got.join('\n'), /KUBE_PREWARM_PLATFORM/);
+    assert.match(got.join('\n'), /KUBE_PREWARM_REDIS_URL: must be a redis:\/\//);
+    assert.doesNotMatch(got.join('\n'), /hunter2/);
+  });
+
+  it('refuses a store without any budget, and a stalled check far slower than the lock', () => {
+    assert.deepEqual(
+      problems({
+        KUBE_PREWARM_NODE_NAME: 'n',
+        KUBE_PREWARM_DISK_BUDGET: '0',
+        KUBE_PREWARM_DISK_BUDGET_PERCENT: '0',
+      }).length,
+      1,
+    );
+    assert.equal(
+      problems({
+        KUBE_PREWARM_NODE_NAME: 'n',
+        KUBE_PREWARM_JOB_LOCK: '2s',
+        KUBE_PREWARM_STALLED_INTERVAL: '60s',
+      }).length,
+      1,
+    );
+  });
+
+  it('hides secrets when logged', () => {
+    const c = loadConfig({
+      KUBE_PREWARM_NODE_NAME: 'n',
+      KUBE_PREWARM_REDIS_URL: 'redis://:pw-very-secret@r:6379',
+    });
+    assert.equal(c.redisUrl, 'redis://:pw-very-secret@r:6379');
+    const shown = JSON.stringify(redactConfig(c));
+    assert.doesNotMatch(shown, /pw-very-secret/);
+    assert.match(shown, /"redisUrl":"\[hidden\]"/);
+  });
+});
