@@ -92,6 +92,10 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
         '[debug]',
         `  address = ${q(join(dir, 'd.sock'))}`,
         `  level = ${q(opts.logLevel ?? 'info')}`,
+        // Namespaces do not share content: a pull in one namespace never borrows blobs
+        // another namespace fetched, so tests see what each pull really transferred.
+        '[plugins."io.containerd.metadata.v1.bolt"]',
+        '  content_sharing_policy = "isolated"',
         '[plugins."io.containerd.internal.v1.opt"]',
         `  path = ${q(join(dir, 'opt'))}`,
         '[plugins."io.containerd.grpc.v1.cri"]',
