@@ -181,16 +181,20 @@ export async function startAgent(
     extra?: Record<string, string>;
     runtime?: RuntimeImageService | null;
   },
-): Promise<{ daemon: AgentDaemon; config: AgentConfig; store: string; url: string }> {
+): Promise<{ daemon: AgentDaemon; config: AgentConfig; store: string; url: string; dir: string }> {
   const dir = await makeTempDir(`agent-${o.node}`, cleanup);
   const store = o.store ?? join(dir, 'store');
   const config = loadConfig(agentEnv({ node: o.node, store, redisUrl: o.redisUrl, extra: o.extra ?? {} }));
   const logger = pino({ level: 'debug' }, pino.destination({ dest: join(dir, 'agent.log'), sync: true }));
-  const daemon = new AgentDaemon(config, { logger, runtime: o.runtime ?? null });
+  // No runtime unless given, or configured through KUBE_PREWARM_CONTAINERD_SOCKET in `extra`.
+  const daemon = new AgentDaemon(config, {
+    logger,
+    ...(o.runtime !== undefined ? { runtime: o.runtime } : {}),
+  });
   cleanup.defer(() => daemon.close());
   await daemon.start();
   const a = daemon.httpAddress!;
-  return { daemon, config, store, url: `http://${a.address}:${a.port}` };
+  return { daemon, config, store, url: `http://${a.address}:${a.port}`, dir };
 }
 
 export interface AgentProcess {

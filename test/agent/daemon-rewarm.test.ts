@@ -6,7 +6,7 @@
  * the registry.
  */
 import assert from 'node:assert/strict';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
@@ -25,6 +25,7 @@ import {
   startFaultProxy,
   startRedis,
   startRegistry,
+  waitUntil,
 } from '../harness/index.js';
 import {
   enqueue,
@@ -51,6 +52,7 @@ describe('unpack mode and warm-stays-warm (real containerd, Redis, registry)', (
   let redis: RedisHandle;
   let conn: Redis;
   let cri: CriImageService;
+  let containerdAddress: string;
   let img: PushedImage;
   let mirrorPort: number;
 
@@ -65,6 +67,7 @@ describe('unpack mode and warm-stays-warm (real containerd, Redis, registry)', (
     cleanup.defer(() => conn.disconnect());
     const containerd = await startContainerd();
     cleanup.defer(() => containerd.close());
+    containerdAddress = containerd.address;
     mirrorPort = await freePort();
     // containerd asks the node-local mirror first, the registry (through the proxy) second.
     const hostDir = join(containerd.certsDir, proxy.host);
@@ -88,13 +91,17 @@ describe('unpack mode and warm-stays-warm (real containerd, Redis, registry)', (
     });
   });
 
-  it('unpack job ends unpacked; a runtime eviction is re-imported from the store and counted; a store loss is re-fetched', async () => {
+  it('unpack job ends unpacked; a runtime eviction (containerd event) is re-imported from the store and counted; a store loss is re-fetched', async () => {
     const node = 'node-unpack';
     const agent = await startAgent(cleanup, {
       node,
       redisUrl: redis.url,
-      runtime: cri,
-      extra: { KUBE_PREWARM_MIRROR_HOST: '127.0.0.1', KUBE_PREWARM_MIRROR_PORT: String(mirrorPort) },
+      // The agent's own CRI client and event subscription on this containerd.
+      extra: {
+        KUBE_PREWARM_MIRROR_HOST: '127.0.0.1',
+        KUBE_PREWARM_MIRROR_PORT: String(mirrorPort),
+        KUBE_PREWARM_CONTAINERD_SOCKET: containerdAddress,
+      },
     });
     const repository = `${proxy.host}/rewarm/app`;
     const image = `${repository}@${img.digest}`;
@@ -116,18 +123,31 @@ describe('unpack mode and warm-stays-warm (real containerd, Redis, registry)', (
       failures: 0,
     });
 
-    // kubelet's image GC removes it: the re-check puts it back, from the store.
-    await cri.removeImage(image);
-    assert.equal(await cri.imageStatus(image), undefined);
+    // kubelet's image GC removes it: containerd's delete event triggers a re-check, which
+    // puts it back from the store (no manual re-check, the periodic one is 10 min away).
     proxy.resetStats();
-    const r = await agent.daemon.keeper!.recheck(signal);
-    assert.deepEqual(r, { checked: 1, storeRewarms: 0, runtimeRewarms: 1, failures: 0 });
-    assert.equal((await cri.imageStatus(image))?.id, m.config.digest, 'back in the runtime');
+    await cri.removeImage(image);
+    await waitUntil(
+      'the image back in the runtime and the eviction counted',
+      async () =>
+        (await cri.imageStatus(image))?.id === m.config.digest &&
+        ((await readJob(conn, node, id)).progress as PrewarmJobProgress).evictions === 1,
+      { timeoutMs: 60_000, intervalMs: 200 },
+    );
     assert.equal(proxy.stats.log.length, 0, 'not one request to the registry');
     const after1 = await readJob(conn, node, id);
     assert.equal(after1.state, 'completed');
-    assert.equal((after1.progress as PrewarmJobProgress).evictions, 1);
     assert.equal((after1.progress as PrewarmJobProgress).phase, 'unpacked');
+    const log = await readFile(join(agent.dir, 'agent.log'), 'utf8');
+    assert.match(log, /runtime deleted an image; re-checking/);
+
+    // Nothing lost now: a re-check finds everything in place.
+    assert.deepEqual(await agent.daemon.keeper!.recheck(signal), {
+      checked: 1,
+      storeRewarms: 0,
+      runtimeRewarms: 0,
+      failures: 0,
+    });
 
     // The store loses a layer (disk trouble, a hand-deleted file): re-fetched from the registry.
     const layer = m.layers[1]!;

@@ -15,6 +15,7 @@ import { LeaseSet } from '../store/leases.js';
 import { scanStore } from '../store/store-scan.js';
 import { meteredDispatcher } from './blob-metering.js';
 import { type AgentConfig, defaultPlatform, redactConfig } from './config.js';
+import { ContainerdImageEvents } from './containerd-events.js';
 import { GatedBlobFetcher } from './gated-fetcher.js';
 import { HealthServer } from './health-server.js';
 import { PrewarmProcessor } from './job-processor.js';
@@ -59,6 +60,7 @@ export class AgentDaemon {
   #keeper: WarmKeeper | undefined;
   #mirror: Mirror | undefined;
   #runtime: RuntimeImageService | undefined;
+  #events: ContainerdImageEvents | undefined;
   #health: HealthServer | undefined;
   #gcTimer: NodeJS.Timeout | undefined;
   #gcRunning: Promise<unknown> | undefined;
@@ -241,6 +243,18 @@ export class AgentDaemon {
       },
     );
     this.#keeper.start(this.#stop.signal);
+    if (this.#runtime && c.containerdSocket !== '') {
+      const keeper = this.#keeper;
+      this.#events = new ContainerdImageEvents({
+        address: c.containerdSocket,
+        logger: log,
+        onDelete: (image) => {
+          log.info({ image }, 'runtime deleted an image; re-checking');
+          keeper.request();
+        },
+      });
+      this.#events.start();
+    }
     this.#ready = true;
     log.info({ queue: nodeQueueName(c.nodeName) }, 'agent ready');
   }
@@ -316,6 +330,7 @@ export class AgentDaemon {
       log.info('agent stopping');
       const budget = this.config.shutdownTimeoutMs;
       await this.#worker?.close(Math.max(100, budget - 1_000));
+      this.#events?.close();
       await this.#keeper?.close();
       await this.#fetcher?.close();
       await this.#gcRunning;

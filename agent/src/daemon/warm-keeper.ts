@@ -41,7 +41,8 @@ export interface RecheckReport {
 
 /**
  * "Warm stays warm": every image this node should hold — a completed job with owners
- * in this node's queue — is checked on a period: its record and every blob must be in
+ * in this node's queue — is checked on a period and on request (containerd image
+ * deletion events, see containerd-events.ts): its record and every blob must be in
  * the store, and for `unpack` jobs the runtime must still have it (CRI ImageStatus;
  * kubelet's image GC and containerd's pruning remove images by design). What is
  * missing is re-warmed through the same processor as a job: from the store when only
@@ -54,6 +55,8 @@ export class WarmKeeper {
   readonly #deps: WarmKeeperDeps;
   #running: Promise<RecheckReport> | undefined;
   #timer: NodeJS.Timeout | undefined;
+  #requested: NodeJS.Timeout | undefined;
+  #signal: AbortSignal | undefined;
 
   constructor(opts: WarmKeeperOptions, deps: WarmKeeperDeps) {
     this.#opts = opts;
@@ -62,6 +65,7 @@ export class WarmKeeper {
 
   /** Runs a check now and then every `intervalMs` until `signal` aborts or `close`. */
   start(signal: AbortSignal): void {
+    this.#signal = signal;
     const tick = () => {
       if (signal.aborted) return;
       this.recheck(signal)
@@ -71,7 +75,31 @@ export class WarmKeeper {
         });
     };
     this.#timer = setTimeout(tick, 0);
-    signal.addEventListener('abort', () => clearTimeout(this.#timer), { once: true });
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(this.#timer);
+        clearTimeout(this.#requested);
+      },
+      { once: true },
+    );
+  }
+
+  /**
+   * Asks for a pass soon (a runtime event said an image was deleted). Requests within
+   * `delayMs` are coalesced; a pass already running is followed by a fresh one, since it
+   * may have checked the image before it went.
+   */
+  request(delayMs = 500): void {
+    const signal = this.#signal;
+    if (!signal || signal.aborted || this.#requested) return;
+    this.#requested = setTimeout(() => {
+      this.#requested = undefined;
+      const run = () =>
+        this.recheck(signal).catch((err: unknown) => this.#deps.logger.warn({ err }, 'warm re-check failed'));
+      if (this.#running) void this.#running.finally(run);
+      else void run();
+    }, delayMs);
   }
 
   /** One pass over this node's completed jobs; concurrent calls share the pass in flight. */
@@ -84,6 +112,7 @@ export class WarmKeeper {
 
   async close(): Promise<void> {
     clearTimeout(this.#timer);
+    clearTimeout(this.#requested);
     await this.#running?.catch(() => undefined);
   }
 
