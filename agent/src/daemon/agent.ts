@@ -7,6 +7,7 @@ import { type CredentialProvider, loadDockerConfigFile, StaticCredentials } from
 import { isLoopbackHost, RegistryClient } from '../../../oci/src/client.js';
 import { nodeQueueName, QUEUE_PREFIX } from '../../../oci/src/job-contract.js';
 import { ImageWarmer } from '../fetch/image-warmer.js';
+import { RedisPeerDirectory } from '../fetch/peer-directory.js';
 import { Mirror } from '../mirror/mirror.js';
 import { CriImageService } from '../runtime/cri-image-service.js';
 import { FsBlobStore } from '../store/fs-store.js';
@@ -203,6 +204,7 @@ export class AgentDaemon {
         logger: log,
         runtime: this.#runtime,
         gate: (signal, ready) => fetcher.gate(signal, ready),
+        peerDirectory: c.peerUrl ? new RedisPeerDirectory(redis, { selfUrl: c.peerUrl }) : undefined,
       },
     );
 

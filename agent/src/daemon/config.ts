@@ -261,6 +261,18 @@ export const AGENT_SETTINGS = {
     description: 'Port of the node-local OCI mirror containerd pulls through (0 = disabled).',
     parse: port,
   }),
+  peerUrl: setting({
+    env: 'KUBE_PREWARM_PEER_URL',
+    default: '',
+    description:
+      "This node's mirror URL as other agents reach it (`http://$(NODE_IP):5050`). Set: blobs are announced in Redis and fetched from peers holding them before the registry. Empty = no peer sharing.",
+    parse: (raw: string) => {
+      if (raw === '') return raw;
+      const u = new URL(raw);
+      if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('must be an http(s) URL');
+      return u.origin;
+    },
+  }),
   containerdSocket: setting({
     env: 'KUBE_PREWARM_CONTAINERD_SOCKET',
     default: '/run/containerd/containerd.sock',

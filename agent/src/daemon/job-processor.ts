@@ -4,6 +4,7 @@ import { type ErrorCode, ErrorCodes, isPrewarmError, PrewarmError } from '../../
 import type { PrewarmJobProgress, PrewarmJobResult } from '../../../oci/src/job-contract.js';
 import { formatBytes } from '../cli/format.js';
 import type { ImageWarmer, WarmProgress, WarmResult } from '../fetch/image-warmer.js';
+import type { PeerDirectory } from '../fetch/peer-directory.js';
 import type { BlobStore, ImageRecord } from '../store/blob-store.js';
 import type { BlobWant, GarbageCollector, GcReport, Reservation } from '../store/gc.js';
 import type { LeaseSet } from '../store/leases.js';
@@ -93,6 +94,8 @@ export interface PrewarmProcessorDeps {
    * (GatedBlobFetcher.gate), so nothing is downloaded before room is reserved.
    */
   gate?: (signal: AbortSignal, ready: Promise<void>) => void;
+  /** Peers holding blobs, asked before the registry; this node announces what it stores. */
+  peerDirectory?: PeerDirectory | undefined;
 }
 
 /**
@@ -218,6 +221,7 @@ export class PrewarmProcessor {
             platform,
             signal: jobSignal,
             blobConcurrency: this.#opts.blobConcurrency,
+            ...(this.#deps.peerDirectory ? { peerDirectory: this.#deps.peerDirectory } : {}),
             onProgress: (p: WarmProgress) => {
               reporter.update(progressOf(p));
               if (p.phase !== 'fetching' || reserving) return;

@@ -1,0 +1,93 @@
+/**
+ * Peers before the registry: two in-process agents share Redis; the first warms an image
+ * from the registry and announces its blobs, the second fetches them from the first's
+ * mirror. Registry egress is counted by a proxy in front of the real registry.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { Redis } from 'ioredis';
+import type { PrewarmJobResult } from '../../oci/src/job-contract.js';
+import {
+  Cleanup,
+  type FaultProxyHandle,
+  freePort,
+  type PushedImage,
+  pushImage,
+  type RedisHandle,
+  type RegistryHandle,
+  startFaultProxy,
+  startRedis,
+  startRegistry,
+} from '../harness/index.js';
+import { enqueue, MiB, startAgent, testRedis, waitForJobEnd } from './daemon-fixtures.js';
+
+const cleanup = new Cleanup();
+after(() => cleanup.run());
+
+function layerBytes(proxy: FaultProxyHandle, img: PushedImage): number {
+  const layers = new Set(img.manifests[0]!.layers.map((l) => l.digest));
+  let n = 0;
+  for (const [path, b] of proxy.stats.bytesSent) if (layers.has(path.split('/').pop() ?? '')) n += b;
+  return n;
+}
+
+describe('peer sharing between agents', () => {
+  let redis: RedisHandle;
+  let registry: RegistryHandle;
+  let proxy: FaultProxyHandle;
+  let conn: Redis;
+  let img: PushedImage;
+
+  before(async () => {
+    redis = await startRedis();
+    cleanup.defer(() => redis.close());
+    registry = await startRegistry();
+    cleanup.defer(() => registry.close());
+    proxy = await startFaultProxy({ upstream: registry });
+    cleanup.defer(() => proxy.stop());
+    conn = testRedis(redis.url);
+    cleanup.defer(() => conn.disconnect());
+    img = await pushImage(registry, {
+      repository: 'peers/app',
+      tag: 'v1',
+      layers: [
+        { randomBytes: 12 * MiB, seed: 21 },
+        { randomBytes: 5 * MiB, seed: 22 },
+      ],
+    });
+  });
+
+  async function agent(node: string) {
+    const port = await freePort();
+    return startAgent(cleanup, {
+      node,
+      redisUrl: redis.url,
+      extra: {
+        KUBE_PREWARM_MIRROR_HOST: '127.0.0.1',
+        KUBE_PREWARM_MIRROR_PORT: String(port),
+        KUBE_PREWARM_PEER_URL: `http://127.0.0.1:${port}`,
+      },
+    });
+  }
+
+  it('the second node takes every layer from the first node, none from the registry', async () => {
+    await agent('peer-a');
+    await agent('peer-b');
+    const repository = `${proxy.host}/peers/app`;
+    proxy.resetStats();
+    const a = await enqueue(conn, { node: 'peer-a', repository, tag: 'v1', digest: img.digest });
+    const ja = await waitForJobEnd(conn, 'peer-a', a);
+    assert.equal(ja.state, 'completed', ja.failedReason);
+    const fromRegistryA = layerBytes(proxy, img);
+    const layersSize = img.manifests[0]!.layers.reduce((n, l) => n + l.size, 0);
+    assert.equal(fromRegistryA, layersSize, 'the first node fetched the layers from the registry once');
+
+    proxy.resetStats();
+    const b = await enqueue(conn, { node: 'peer-b', repository, tag: 'v1', digest: img.digest });
+    const jb = await waitForJobEnd(conn, 'peer-b', b);
+    assert.equal(jb.state, 'completed', jb.failedReason);
+    const rb = jb.returnvalue as PrewarmJobResult;
+    assert.equal(layerBytes(proxy, img), 0, 'no layer byte came from the registry for the second node');
+    assert.ok(rb.bytesFromPeers >= layersSize, `bytesFromPeers ${rb.bytesFromPeers}`);
+  });
+});
