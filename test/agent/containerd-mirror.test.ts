@@ -68,8 +68,9 @@ before(async () => {
   store = await new FsBlobStore(storeDir, { fsync: false }).init();
   client = new RegistryClient({ retry: { attempts: 2, maxDelayMs: 200 } });
   cleanup.defer(() => client.close());
-  // Capped, so that the 512 MiB prewarm is still running when the CRI pull comes (8 s in all).
-  fetcher = new BlobFetcher(store, { bandwidthBytesPerSec: 64 * MiB });
+  // Capped, so that the 512 MiB prewarm is still running when the CRI pull comes: 16 s in
+  // all, the pull starts at half, with 8 s to spare for containerd to reach the mirror.
+  fetcher = new BlobFetcher(store, { bandwidthBytesPerSec: 32 * MiB });
   cleanup.defer(() => fetcher.close());
   mirror = new Mirror({ store, fetcher, client }, { listen: '127.0.0.1:0', deadlineMs: 10_000 });
   await mirror.start();

@@ -102,12 +102,17 @@ export class ManifestSource {
     if (!info || info.size > MAX_MANIFEST_BYTES) return undefined;
     const bytes = await this.store.readBytes(digest, MAX_MANIFEST_BYTES).catch(() => undefined);
     if (!bytes) return undefined;
+    let mediaType: string;
     try {
       // Layers and configs live in the same store: only a parseable manifest is one.
-      return { digest, mediaType: parseManifest(bytes).mediaType, bytes, origin: 'store' };
+      mediaType = parseManifest(bytes).mediaType;
     } catch {
       return undefined;
     }
+    // A read counts as use for LRU garbage collection (FsBlobStore has touch; others may not).
+    const touchable = this.store as BlobStore & { touch?: (d: Digest) => Promise<void> };
+    void touchable.touch?.(digest).catch(() => undefined);
+    return { digest, mediaType, bytes, origin: 'store' };
   }
 
   /** The digest the store recorded for `registry/name:tag`, newest record first. */
