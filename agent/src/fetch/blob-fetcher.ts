@@ -6,7 +6,7 @@ import type { Digest } from '../../../oci/src/digest.js';
 import { abortError, ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import { backoffDelay, type RetryOptions } from '../../../oci/src/retry.js';
 import type { BlobStore, Ingest } from '../store/blob-store.js';
-import { RangeSet } from '../store/ranges.js';
+import { type ByteRange, RangeSet } from '../store/ranges.js';
 import { HashCursor } from './hash-cursor.js';
 import type { BlobSource, BlobTarget } from './sources.js';
 import { Semaphore, TokenBucket } from './token-bucket.js';
@@ -41,6 +41,15 @@ export interface FetchOptions {
   sources: BlobSource[];
   /** Called as bytes land (throttle on your side). */
   onProgress?: (p: { digest: Digest; bytesDone: number; size: number }) => void;
+  /**
+   * Startup-first ordering, applied only when this call starts the download (a call that
+   * joins one in flight leaves its order alone). `ranges` are claimed before any other
+   * byte, lowest offset first; nothing else is claimed until `holdRestUntil` settles
+   * (resolved or rejected), so the startup ranges of several blobs share the link before
+   * any of their bulk. A server that ignores Range sends the blob in one stream anyway.
+   * The caller must settle `holdRestUntil`, or the download never finishes.
+   */
+  priority?: { ranges: readonly ByteRange[]; holdRestUntil?: Promise<unknown> };
 }
 
 export interface FetchResult {
@@ -133,7 +142,15 @@ export class BlobFetcher {
     let dl = this.#inflight.get(target.digest);
     const joined = dl !== undefined;
     if (!dl) {
-      dl = new Download(this.#store, target, opts.sources, this.#opts, this.#connections, this.#bucket);
+      dl = new Download(
+        this.#store,
+        target,
+        opts.sources,
+        this.#opts,
+        this.#connections,
+        this.#bucket,
+        opts.priority,
+      );
       const started = dl;
       this.#inflight.set(target.digest, started);
       started.promise.then(
@@ -174,6 +191,11 @@ class Download extends EventEmitter implements InflightBlob {
   #fromPeers = 0;
   #alreadyPresent = 0;
   #progressListeners = new Set<NonNullable<FetchOptions['onProgress']>>();
+  /** Ranges claimed before all others (FetchOptions.priority). */
+  readonly #priority: RangeSet;
+  /** True while the bytes outside `#priority` must not be claimed. */
+  #holding = false;
+  #hold: Promise<void> | undefined;
 
   constructor(
     readonly store: BlobStore,
@@ -182,8 +204,22 @@ class Download extends EventEmitter implements InflightBlob {
     readonly opts: typeof DEFAULTS & BlobFetcherOptions,
     readonly connections: Semaphore,
     readonly bucket: TokenBucket,
+    priority?: FetchOptions['priority'],
   ) {
     super();
+    this.#priority = new RangeSet(
+      (priority?.ranges ?? []).map((r) => ({
+        start: Math.max(0, r.start),
+        end: Math.min(target.size, r.end),
+      })),
+    );
+    if (priority?.holdRestUntil) {
+      this.#holding = true;
+      const open = () => {
+        this.#holding = false;
+      };
+      this.#hold = priority.holdRestUntil.then(open, open);
+    }
     // One abort listener per in-flight request and waiter; the count is bounded by concurrency.
     setMaxListeners(0, this.#controller.signal);
     this.digest = target.digest;
@@ -324,8 +360,55 @@ class Download extends EventEmitter implements InflightBlob {
     }
   }
 
-  /** Claims the next range: lowest offset first, chunks shrinking near the end. */
+  /** Parts of `#priority` still to claim, lowest offset first. */
+  #priorityTodo(): ByteRange[] {
+    const out: ByteRange[] = [];
+    if (this.#priority.isEmpty) return out;
+    for (const t of this.#todo.ranges)
+      for (const p of this.#priority.ranges) {
+        const start = Math.max(t.start, p.start);
+        const end = Math.min(t.end, p.end);
+        if (start < end) out.push({ start, end });
+      }
+    return out;
+  }
+
+  /** Resolves when the hold on non-priority bytes lifts; rejects when `signal` aborts. */
+  #waitHold(signal: AbortSignal): Promise<void> {
+    const hold = this.#hold;
+    if (!this.#holding || !hold) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(signal.reason);
+      if (signal.aborted) {
+        onAbort();
+        return;
+      }
+      signal.addEventListener('abort', onAbort, { once: true });
+      void hold.then(() => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      });
+    });
+  }
+
+  /**
+   * Claims the next range: priority ranges first, then (unless held) lowest offset first,
+   * chunks shrinking near the end.
+   */
   #take(): { start: number; end: number } | undefined {
+    const pri = this.#priorityTodo();
+    const p = pri[0];
+    if (p) {
+      const remaining = pri.reduce((n, r) => n + r.end - r.start, 0);
+      const len = Math.max(
+        this.opts.minChunkSize,
+        Math.min(this.opts.chunkSize, Math.ceil(remaining / this.opts.concurrencyPerBlob)),
+      );
+      const end = Math.min(p.end, p.start + len);
+      this.#todo.remove(p.start, end);
+      return { start: p.start, end };
+    }
+    if (this.#holding) return undefined;
     const first = this.#todo.first();
     if (!first) return undefined;
     const remaining = this.#todo.size;
@@ -341,6 +424,15 @@ class Download extends EventEmitter implements InflightBlob {
   async #worker(ingest: Ingest): Promise<void> {
     const signal = this.#controller.signal;
     while (this.#fatal === undefined && !signal.aborted && !this.#streamMode) {
+      if (this.#holding && this.#priorityTodo().length === 0) {
+        if (this.#todo.isEmpty) return;
+        try {
+          await this.#waitHold(signal);
+        } catch {
+          return;
+        }
+        continue;
+      }
       let release: () => void;
       try {
         release = await this.connections.acquire(signal);
@@ -349,6 +441,8 @@ class Download extends EventEmitter implements InflightBlob {
       }
       try {
         const range = this.#take();
+        // Held: give the connection back and wait for the hold to lift (loop top).
+        if (!range && this.#holding) continue;
         if (!range) return;
         try {
           await this.#fetchRange(ingest, range);

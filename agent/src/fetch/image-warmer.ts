@@ -6,10 +6,17 @@ import { formatPlatform, type Platform } from '../../../oci/src/platform.js';
 import { formatReference, type ImageReference } from '../../../oci/src/reference.js';
 import type { BlobStore, ImageRecord } from '../store/blob-store.js';
 import type { BlobFetcher, FetchResult } from './blob-fetcher.js';
+import type { ProbeOptions } from './estargz.js';
+import { StartupFirst, type StartupSummary } from './estargz-startup.js';
 import type { PeerDirectory } from './peer-directory.js';
 import { type BlobSource, type BlobTarget, RegistrySource } from './sources.js';
 
-export type WarmPhase = 'resolving' | 'fetching' | 'warm';
+/**
+ * `startup-ready` (images with eStargz layers only, and only when reached before `warm`):
+ * every eStargz layer's startup region (prefetch files, TOC, footer) is on disk and
+ * verified against its TOC's chunk digests, and every other blob is committed.
+ */
+export type WarmPhase = 'resolving' | 'fetching' | 'startup-ready' | 'warm';
 
 export interface BlobProgress {
   digest: Digest;
@@ -41,6 +48,13 @@ export interface WarmOptions {
   peerDirectory?: PeerDirectory;
   /** Blobs downloaded at once (each with its own parallel ranges). Default 3. */
   blobConcurrency?: number;
+  /**
+   * Startup-first for eStargz layers (toc.digest annotation): their startup regions are
+   * fetched before any layer's bulk, and 'startup-ready' is reported. Default true.
+   */
+  startupFirst?: boolean;
+  /** eStargz probe options (e.g. `probeUnannotated`). */
+  estargz?: ProbeOptions;
 }
 
 export interface WarmResult {
@@ -52,6 +66,8 @@ export interface WarmResult {
   bytesFromPeers: number;
   bytesAlreadyPresent: number;
   durationMs: number;
+  /** What startup-first did; absent when the image has no eStargz layer. */
+  startup?: StartupSummary;
 }
 
 /**
@@ -103,41 +119,71 @@ export class ImageWarmer {
       const holders = directory ? await directory.holders(digest).catch(() => []) : [];
       return [...(opts.peers ?? []), ...holders, registrySource];
     };
+    const targetOf = (d: Descriptor): BlobTarget => ({
+      registry: ref.registry,
+      repository: ref.repository,
+      digest: d.digest,
+      size: d.size,
+      mediaType: d.mediaType,
+    });
+    // eStargz layers: their startup regions first, 'startup-ready' once verified (estargz-startup.ts).
+    const startup =
+      opts.startupFirst === false
+        ? undefined
+        : await StartupFirst.plan(descriptors, {
+            fetcher: this.fetcher,
+            store: this.store,
+            sourcesFor,
+            target: targetOf,
+            ...(opts.signal ? { signal: opts.signal } : {}),
+            ...(opts.estargz ? { probe: opts.estargz } : {}),
+          });
+    if (startup) {
+      startup.onReady = () => {
+        progress.phase = 'startup-ready';
+        emit();
+      };
+    }
     const results: FetchResult[] = new Array(descriptors.length);
+    const fetchOne = async (i: number) => {
+      const d = descriptors[i] as Descriptor;
+      const bp = progress.blobs[i] as BlobProgress;
+      const r = await this.fetcher.fetch(targetOf(d), {
+        sources: await sourcesFor(d.digest),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        ...startup?.fetchOptions(i),
+        onProgress: (p) => {
+          progress.bytesDone += p.bytesDone - bp.bytesDone;
+          bp.bytesDone = p.bytesDone;
+          startup?.progress(i);
+          emit();
+        },
+      });
+      progress.bytesDone += d.size - bp.bytesDone;
+      bp.bytesDone = d.size;
+      bp.done = true;
+      if (i > 0) progress.layersDone++;
+      results[i] = r;
+      await directory?.announce(d.digest).catch(() => undefined);
+      startup?.done(i);
+      emit();
+    };
+    const order = startup?.order ?? descriptors.map((_, i) => i);
     let next = 0;
     const worker = async () => {
-      while (next < descriptors.length) {
+      while (next < order.length) {
         if (opts.signal?.aborted) throw abortError(opts.signal);
-        const i = next++;
-        const d = descriptors[i] as Descriptor;
-        const bp = progress.blobs[i] as BlobProgress;
-        const target: BlobTarget = {
-          registry: ref.registry,
-          repository: ref.repository,
-          digest: d.digest,
-          size: d.size,
-          mediaType: d.mediaType,
-        };
-        const r = await this.fetcher.fetch(target, {
-          sources: await sourcesFor(d.digest),
-          ...(opts.signal ? { signal: opts.signal } : {}),
-          onProgress: (p) => {
-            progress.bytesDone += p.bytesDone - bp.bytesDone;
-            bp.bytesDone = p.bytesDone;
-            emit();
-          },
-        });
-        progress.bytesDone += d.size - bp.bytesDone;
-        bp.bytesDone = d.size;
-        bp.done = true;
-        if (i > 0) progress.layersDone++;
-        results[i] = r;
-        await directory?.announce(d.digest).catch(() => undefined);
-        emit();
+        const i = order[next++] as number;
+        await (startup?.run(i) ?? fetchOne(i));
       }
     };
     const n = Math.max(1, Math.min(opts.blobConcurrency ?? 3, descriptors.length));
-    await Promise.all(Array.from({ length: n }, worker));
+    try {
+      startup?.begin(fetchOne);
+      await Promise.all(Array.from({ length: n }, worker));
+    } finally {
+      startup?.close();
+    }
 
     const record: ImageRecord = {
       repository: `${ref.registry}/${ref.repository}`,
@@ -163,6 +209,7 @@ export class ImageWarmer {
       bytesFromPeers: sum((r) => r.bytesFromPeers),
       bytesAlreadyPresent: sum((r) => r.bytesAlreadyPresent),
       durationMs: performance.now() - started,
+      ...(startup ? { startup: startup.summary } : {}),
     };
   }
 }
