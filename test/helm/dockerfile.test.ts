@@ -81,10 +81,11 @@ describe('Dockerfile', () => {
     assert.match(await usage(), /^\s+agent\s/m);
   });
 
-  test('the chart runs the operator with a subcommand the kube-prewarm command knows', {
-    todo: 'agent/src/cli/main.ts does not dispatch `operator` to operator/src/main.ts yet',
-  }, async () => {
+  test('the chart runs the operator with a subcommand the kube-prewarm command knows', async () => {
     assert.ok((await commandsOfChart()).includes('operator'));
     assert.match(await usage(), /^\s+operator\s/m);
+    // bin/ dispatches `operator` to the controller's entry point (the node CLI never loads it).
+    const bin = await readFile(join(REPO_ROOT, 'bin/kube-prewarm.js'), 'utf8');
+    assert.match(bin, /command === 'operator'[\s\S]*import\('\.\.\/dist\/operator\/src\/main\.js'\)/);
   });
 });

@@ -18,6 +18,8 @@ Commands:
   warm <image-ref>   Fetch an image into a local content-addressed store (resumable).
   agent              Run the node agent daemon (configured by KUBE_PREWARM_* env; docs/agent.md).
   serve              Serve a store as a node-local OCI mirror for containerd (hosts.toml).
+  operator           Run the controller (configured by env; operator/README.md). Dispatched by
+                     bin/kube-prewarm.js: the node-side CLI never loads operator code.
 
 warm options:
   --store <dir>            Store directory (default: ./.prewarm-store)
