@@ -234,9 +234,23 @@ export class StartupFirst {
         }
         this.#check();
       },
-      () => {
-        // Unreadable now (most likely committed meanwhile, which `done` covers): try again on the next progress.
-        if (l.state === 'verifying') l.state = 'pending';
+      (err: unknown) => {
+        if (l.state !== 'verifying') return;
+        if (this.#opts.fetcher.inflight(l.digest) !== blob) {
+          // The download ended meanwhile: `done` (committed) or `begin`'s failure handler settles the layer.
+          l.state = 'pending';
+          return;
+        }
+        // Unreadable while still downloading: give up early readiness rather than wait on a
+        // progress event that a held download may never send.
+        l.state = 'failed';
+        this.summary.plain.push({
+          digest: l.digest,
+          reason: 'verify-failed',
+          detail: (err as Error).message,
+        });
+        this.summary.estargzLayers = this.summary.estargzLayers.filter((d) => d !== l.digest);
+        this.#check();
       },
     );
   }

@@ -240,7 +240,7 @@ const EMPTY_MEMBER_TAIL = Buffer.from([0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 0,
  * first regular entry of the tar inside (PAX and GNU long-name headers are followed).
  * Throws on anything else.
  */
-export async function tocJsonFromMember(member: Buffer, maxTocBytes: number): Promise<Buffer> {
+async function tocJsonFromMember(member: Buffer, maxTocBytes: number): Promise<Buffer> {
   let tar: Buffer;
   try {
     tar = await gunzipP(member, { maxOutputLength: maxTocBytes + 64 * 1024 });
@@ -279,7 +279,7 @@ export async function tocJsonFromMember(member: Buffer, maxTocBytes: number): Pr
 }
 
 /** Parses and validates TOC JSON. Throws (with a reason) on a malformed TOC. */
-export function parseToc(json: Buffer, tocOffset: number): TocEntry[] {
+function parseToc(json: Buffer, tocOffset: number): TocEntry[] {
   let doc: unknown;
   try {
     doc = JSON.parse(json.toString('utf8'));
@@ -428,7 +428,7 @@ export async function verifyStartupRegion(layout: EstargzLayout, read: RangeRead
 }
 
 /** Decompresses the first `need` bytes of a gzip stream (and stops there). */
-export function inflatePrefix(gz: Buffer, need: number): Promise<Buffer> {
+function inflatePrefix(gz: Buffer, need: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     if (need === 0) {
       resolve(Buffer.alloc(0));
