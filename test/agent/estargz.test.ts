@@ -368,6 +368,38 @@ describe('startup-first warming of eStargz images (real registry)', () => {
     await assertStored(run.store, [layer.digest]);
   });
 
+  it('the same eStargz layer twice in one manifest: one download, startup-ready, warm', async () => {
+    const spec = {
+      prioritized: [['bin/app', { randomBytes: 100 * KiB, seed: 71 }]] as [
+        string,
+        { randomBytes: number; seed: number },
+      ][],
+      rest: [['data/bulk.bin', { randomBytes: 4 * MiB, seed: 72 }]] as [
+        string,
+        { randomBytes: number; seed: number },
+      ][],
+    };
+    const img = await pushEstargz(registry, 'kp/esgz-dup', { layers: [spec, spec] });
+    const [a, b] = img.estargz as [BuiltEstargzLayer, BuiltEstargzLayer];
+    assert.equal(a.digest, b.digest, 'the harness is deterministic');
+    proxy.resetStats();
+    let checked = false;
+    const run = await warm(`${proxy.host}/kp/esgz-dup:v1`, {
+      fetcher: { bandwidthBytesPerSec: 8 * MiB },
+      atStartupReady: (fetcher, store) => {
+        assertStartupRegionsOnDisk(img, [a], fetcher, store);
+        checked = true;
+      },
+    });
+    assert.ok(checked);
+    assert.deepEqual(run.phases, ['resolving', 'fetching', 'startup-ready', 'warm']);
+    assert.deepEqual(run.result.startup?.estargzLayers, [a.digest]);
+    let layerBytes = 0;
+    for (const [path, n] of proxy.stats.bytesSent) if (path.endsWith(`/blobs/${a.digest}`)) layerBytes += n;
+    assert.equal(layerBytes, a.size + 64 * KiB, 'the layer came once (plus the footer/TOC probe)');
+    await assertStored(run.store, [a.digest]);
+  });
+
   it('plain images are unaffected: same requests as with startup-first off, no startup-ready', async () => {
     const plain = await pushImage(registry, {
       repository: 'kp/plain',
