@@ -199,7 +199,9 @@ export class ImageWarmer {
     await this.store.putImage(record);
     progress.phase = 'warm';
     emit();
-    const sum = (f: (r: FetchResult) => number) => results.reduce((n, r) => n + f(r), 0);
+    // A blob listed twice (or joined from another warm) was downloaded once: count it once.
+    const unique = [...new Map(results.map((r) => [r.digest, r])).values()];
+    const sum = (f: (r: FetchResult) => number) => unique.reduce((n, r) => n + f(r), 0);
     return {
       reference: formatReference({ ...ref, digest: resolved.digest }),
       record,
