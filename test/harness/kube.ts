@@ -197,6 +197,20 @@ function kubeConfigObject(server: string, caData: string, user: KubeUser): Recor
  * CRDs. Rejects (after stopping what it started) with the failing component's log tail.
  */
 export async function startKube(opts: KubeOptions = {}): Promise<KubeHandle> {
+  // freePort() can race with other processes on a shared machine (a port picked here is
+  // taken before etcd or the apiserver binds it): start over on fresh ports then.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startKubeOnce(opts);
+    } catch (err) {
+      // An early exit is what a lost port race looks like (the bind error is not always in
+      // the log tail); a real misconfiguration fails the same way three times.
+      if (attempt >= 3 || !/address already in use|exited \(/i.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function startKubeOnce(opts: KubeOptions): Promise<KubeHandle> {
   const etcdBin = binary('etcd');
   const apiserverBin = binary('kube-apiserver');
   const readyTimeoutMs = opts.readyTimeoutMs ?? 60_000;

@@ -40,6 +40,8 @@ export interface SimAgentOptions {
   blobDelayMs?: number;
   /** Called when a job starts (before any fetch). */
   onStart?: (job: Job<PrewarmJobData>) => void | Promise<void>;
+  /** Called when the processor is about to return or throw (before BullMQ records the outcome). */
+  onEnd?: (job: Job<PrewarmJobData>) => void;
 }
 
 /** A running simulated agent. `processed` counts how often each job id ran to completion. */
@@ -49,19 +51,28 @@ export class SimAgent {
   readonly started = new Map<string, number>();
   readonly #worker: Worker<PrewarmJobData, PrewarmJobResult>;
   readonly #client = new RegistryClient({ retry: { attempts: 2, baseDelayMs: 50 } });
+  readonly #conn: Redis;
 
   constructor(opts: SimAgentOptions) {
     this.node = opts.node;
+    this.#conn = opts.connection();
+    this.#conn.on('error', () => {
+      // Reconnect noise after Redis stops at teardown.
+    });
     this.#worker = new Worker<PrewarmJobData, PrewarmJobResult>(
       nodeQueueName(opts.node),
       async (job) => {
         this.started.set(job.id ?? '', (this.started.get(job.id ?? '') ?? 0) + 1);
-        await opts.onStart?.(job);
-        const result = await this.#process(job, opts);
-        this.processed.set(job.id ?? '', (this.processed.get(job.id ?? '') ?? 0) + 1);
-        return result;
+        try {
+          await opts.onStart?.(job);
+          const result = await this.#process(job, opts);
+          this.processed.set(job.id ?? '', (this.processed.get(job.id ?? '') ?? 0) + 1);
+          return result;
+        } finally {
+          opts.onEnd?.(job);
+        }
       },
-      { connection: opts.connection(), prefix: QUEUE_PREFIX, concurrency: 2, autorun: true },
+      { connection: this.#conn, prefix: QUEUE_PREFIX, concurrency: 2, autorun: true },
     );
     this.#worker.on('error', () => {
       // Connection errors during teardown are expected.
@@ -164,6 +175,7 @@ export class SimAgent {
 
   async close(): Promise<void> {
     await this.#worker.close();
+    this.#conn.disconnect();
     await this.#client.close();
   }
 }

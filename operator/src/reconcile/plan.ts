@@ -349,7 +349,9 @@ export function plan(input: PlanInput): Plan {
         }
         const joined = input.nodeCreatedAt?.get(node.name);
         const resolvedAt = Date.parse(w.img.current!.resolvedAt);
-        const isJoin = joined !== undefined && joined > resolvedAt;
+        // creationTimestamp has whole seconds: a node created in the second the digest was
+        // resolved counts as joining after it.
+        const isJoin = joined !== undefined && joined >= Math.floor(resolvedAt / 1000) * 1000;
         const data: PrewarmJobData = {
           v: JOB_SCHEMA_VERSION,
           owners: [owner],
