@@ -37,10 +37,10 @@ import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
+import { type ContainerdHandle, startContainerd } from '../test/harness/containerd.js';
 import type { ClientResult } from './fetch-client.js';
 import { type BigImage, buildBigImage } from './lib/big-image.js';
 import { Cleanup } from './lib/cleanup.js';
-import { type BenchContainerd, startBenchContainerd } from './lib/containerd.js';
 import {
   type FetchRow,
   formatTable,
@@ -276,13 +276,14 @@ async function runSkopeo(ctx: Ctx, t: Target): Promise<FetchRow> {
 /** (c): `ctr content fetch` into a fresh private containerd (its CPU share is counted too). */
 async function runCtr(ctx: Ctx, t: Target): Promise<FetchRow> {
   const row = baseRow(t, 'ctr', LABELS.ctr);
-  const dir = join(ctx.tmp, `ctd-${t.profile}`);
-  mkdirSync(dir, { recursive: true });
-  let ctd: BenchContainerd | undefined;
+  let ctd: ContainerdHandle | undefined;
   try {
-    ctd = await startBenchContainerd(ctx.cleanup, dir);
+    // No CRI plugin: only the content store, whose CPU is counted below.
+    ctd = await startContainerd({ cri: false, logLevel: 'warn', readyTimeoutMs: 20_000 });
     const daemon = ctd;
-    const cpu0 = procCpuSeconds(daemon.daemon.pid, ctx.clockTicks);
+    const pid = daemon.process?.pid;
+    if (pid === undefined) throw new Error('containerd is not running');
+    const cpu0 = procCpuSeconds(pid, ctx.clockTicks);
     let partial: { bytes: number; daemonCpu: number } | undefined;
     const r = await runMeasured(ctx.cleanup, {
       argv: [
@@ -302,11 +303,11 @@ async function runCtr(ctx: Ctx, t: Target): Promise<FetchRow> {
       onTimeLimit: () => {
         partial = {
           bytes: dirBytes(daemon.contentDir),
-          daemonCpu: procCpuSeconds(daemon.daemon.pid, ctx.clockTicks),
+          daemonCpu: procCpuSeconds(pid, ctx.clockTicks),
         };
       },
     });
-    const daemonCpu = (partial?.daemonCpu ?? procCpuSeconds(daemon.daemon.pid, ctx.clockTicks)) - cpu0;
+    const daemonCpu = (partial?.daemonCpu ?? procCpuSeconds(pid, ctx.clockTicks)) - cpu0;
     row.wallS = r.wallS;
     row.cpuS = row.procCpuS = r.userS + r.sysS + daemonCpu;
     if (r.timedOut && partial) {
@@ -323,8 +324,7 @@ async function runCtr(ctx: Ctx, t: Target): Promise<FetchRow> {
     row.error = (err as Error).message.split('\n')[0];
     return row;
   } finally {
-    await ctd?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await ctd?.close();
   }
 }
 

@@ -33,12 +33,12 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { CriImageService } from '../agent/src/runtime/cri-image-service.js';
 import { HostsTomlInstaller } from '../agent/src/runtime/hosts-installer.js';
+import { type ContainerdHandle, startContainerd } from '../test/harness/containerd.js';
 import { buildBigImage } from './lib/big-image.js';
 import { Cleanup } from './lib/cleanup.js';
 import { SHAPED_PROFILES, ShapedLink } from './lib/netns.js';
 import { inNetns, logTail, runMeasured, startDaemon, waitUntil } from './lib/proc.js';
 import { freeLoopbackPort, startBenchRegistry } from './lib/registry.js';
-import { type PodStartContainerd, startPodStartContainerd } from './pod-start/containerd.js';
 
 const execFileP = promisify(execFile);
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -102,19 +102,22 @@ interface Ctx {
 }
 
 /** A fresh containerd (own dir) with one hosts.toml for the registry; `mirrors` first when given. */
-async function freshContainerd(ctx: Ctx, name: string, mirrors: string[]): Promise<PodStartContainerd> {
-  const dir = join(ctx.tmp, name);
-  mkdirSync(dir, { recursive: true });
-  const ctd = await startPodStartContainerd(ctx.cleanup, dir, ctx.ns);
-  const registryUrl = `http://${ctx.registryHost}`;
-  await new HostsTomlInstaller({ configPath: ctd.certsDir, fsync: false }).install([
-    // containerd 1.6 rejects a hosts.toml without a [host] table: list the registry itself.
-    { registry: ctx.registryHost, server: registryUrl, mirrors: [...mirrors, registryUrl] },
-  ]);
-  return ctd;
+async function freshContainerd(ctx: Ctx, mirrors: string[]): Promise<ContainerdHandle> {
+  const ctd = await startContainerd({ netns: ctx.ns, logLevel: 'warn' });
+  try {
+    const registryUrl = `http://${ctx.registryHost}`;
+    await new HostsTomlInstaller({ configPath: ctd.certsDir, fsync: false }).install([
+      // containerd 1.6 rejects a hosts.toml without a [host] table: list the registry itself.
+      { registry: ctx.registryHost, server: registryUrl, mirrors: [...mirrors, registryUrl] },
+    ]);
+    return ctd;
+  } catch (err) {
+    await ctd.close();
+    throw err;
+  }
 }
 
-async function pull(ctd: PodStartContainerd, ref: string): Promise<{ s: number; id: string }> {
+async function pull(ctd: ContainerdHandle, ref: string): Promise<{ s: number; id: string }> {
   const cri = new CriImageService({ address: ctd.address });
   try {
     const { value, s } = await timed(() => cri.pullImage(ref));
@@ -135,12 +138,11 @@ interface RunResult {
 
 async function runOnce(ctx: Ctx, i: number): Promise<RunResult> {
   // cold
-  const cold = await freshContainerd(ctx, `cold-${i}`, []);
+  const cold = await freshContainerd(ctx, []);
   log(`run ${i}: cold PullImage from the registry`);
   const c = await pull(cold, ctx.ref);
   log(`  ${c.s.toFixed(2)} s`);
-  await cold.stop();
-  rmSync(join(ctx.tmp, `cold-${i}`), { recursive: true, force: true });
+  await cold.close();
 
   // prewarm into a fresh store, then serve it
   const store = join(ctx.tmp, `store-${i}`);
@@ -205,7 +207,7 @@ async function runOnce(ctx: Ctx, i: number): Promise<RunResult> {
       30_000,
       () => `mirror not answering\n${logTail(serveLog)}`,
     );
-    const node = await freshContainerd(ctx, `mirror-${i}`, [`http://127.0.0.1:${ctx.mirrorPort}`]);
+    const node = await freshContainerd(ctx, [`http://127.0.0.1:${ctx.mirrorPort}`]);
     log(`run ${i}: PullImage through the warmed mirror`);
     const m = await pull(node, ctx.ref);
     log(`  ${m.s.toFixed(2)} s`);
@@ -213,8 +215,7 @@ async function runOnce(ctx: Ctx, i: number): Promise<RunResult> {
     const u = await pull(node, ctx.ref);
     log(`  ${u.s.toFixed(3)} s`);
     if (m.id !== c.id || u.id !== c.id) throw new Error(`image ids differ: ${c.id} ${m.id} ${u.id}`);
-    await node.stop();
-    rmSync(join(ctx.tmp, `mirror-${i}`), { recursive: true, force: true });
+    await node.close();
     return { coldS: c.s, warmS: w.wallS, mirrorS: m.s, unpackedS: u.s };
   } finally {
     await serve.stop();

@@ -9,6 +9,9 @@
  *
  * The CRI plugin needs no network for image pulls; its "no network config found" CNI
  * error in the log is harmless. Snapshotter: overlayfs (the temp dir is on ext4 here).
+ *
+ * The benchmarks use it too: `cri: false` for a content-store-only daemon (`ctr content
+ * fetch`), `netns` to run it inside a shaped network namespace.
  */
 import { execFile } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -26,6 +29,17 @@ export interface ContainerdOptions {
   logLevel?: 'debug' | 'info' | 'warn';
   /** Readiness timeout. Default 30 s. */
   readyTimeoutMs?: number;
+  /**
+   * Load the CRI plugin. Default true. False: a content-store-only daemon, so that a
+   * benchmark measuring its CPU does not count the CRI plugin's background work.
+   */
+  cri?: boolean;
+  /**
+   * Network namespace to run containerd in (`ip netns exec <netns> containerd …`), so its
+   * pulls cross that namespace's links. Default: this process's. The sockets stay
+   * reachable from here: unix sockets live in the filesystem.
+   */
+  netns?: string;
 }
 
 export interface CtrResult {
@@ -42,6 +56,8 @@ export interface ContainerdHandle {
   /** CRI `registry.config_path`: put `<host>/hosts.toml` files here. */
   readonly certsDir: string;
   readonly logPath: string;
+  /** The content store's directory (`blobs/`, `ingest/`) under the daemon's root. */
+  readonly contentDir: string;
   readonly snapshotter: string;
   readonly process: ManagedProcess | undefined;
   /**
@@ -73,6 +89,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       await mkdir(d, { recursive: true });
     const configPath = join(dir, 'config.toml');
     const q = (s: string): string => JSON.stringify(s);
+    const cri = opts.cri ?? true;
     await writeFile(
       configPath,
       [
@@ -81,6 +98,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
         `state = ${q(state)}`,
         // Plugins that need special filesystems or would talk to the network on start.
         'disabled_plugins = [',
+        ...(cri ? [] : ['  "io.containerd.grpc.v1.cri",']),
         '  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",',
         '  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",',
         '  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",',
@@ -98,18 +116,22 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
         '  content_sharing_policy = "isolated"',
         '[plugins."io.containerd.internal.v1.opt"]',
         `  path = ${q(join(dir, 'opt'))}`,
-        '[plugins."io.containerd.grpc.v1.cri"]',
-        '  disable_tcp_service = true',
-        // The streaming server (exec/attach) binds a TCP port: loopback, any free port.
-        '  stream_server_address = "127.0.0.1"',
-        '  stream_server_port = "0"',
-        '  [plugins."io.containerd.grpc.v1.cri".containerd]',
-        `    snapshotter = ${q(snapshotter)}`,
-        '  [plugins."io.containerd.grpc.v1.cri".cni]',
-        `    bin_dir = ${q(join(dir, 'cni-bin'))}`,
-        `    conf_dir = ${q(join(dir, 'cni-conf'))}`,
-        '  [plugins."io.containerd.grpc.v1.cri".registry]',
-        `    config_path = ${q(certsDir)}`,
+        ...(cri
+          ? [
+              '[plugins."io.containerd.grpc.v1.cri"]',
+              '  disable_tcp_service = true',
+              // The streaming server (exec/attach) binds a TCP port: loopback, any free port.
+              '  stream_server_address = "127.0.0.1"',
+              '  stream_server_port = "0"',
+              '  [plugins."io.containerd.grpc.v1.cri".containerd]',
+              `    snapshotter = ${q(snapshotter)}`,
+              '  [plugins."io.containerd.grpc.v1.cri".cni]',
+              `    bin_dir = ${q(join(dir, 'cni-bin'))}`,
+              `    conf_dir = ${q(join(dir, 'cni-conf'))}`,
+              '  [plugins."io.containerd.grpc.v1.cri".registry]',
+              `    config_path = ${q(certsDir)}`,
+            ]
+          : []),
         '',
       ].join('\n'),
     );
@@ -135,10 +157,12 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
 
     const start = async (): Promise<void> => {
       if (proc?.running) return;
+      const argv = ['containerd', '--config', configPath];
       proc = await spawnProcess({
         name: `containerd ${address}`,
-        command: 'containerd',
-        args: ['--config', configPath],
+        // `ip netns exec` execs containerd: the pid (for CPU accounting, signals) is its own.
+        command: opts.netns === undefined ? 'containerd' : 'ip',
+        args: opts.netns === undefined ? argv.slice(1) : ['netns', 'exec', opts.netns, ...argv],
         logPath,
       });
       const p = proc;
@@ -167,6 +191,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       configPath,
       certsDir,
       logPath,
+      contentDir: join(root, 'io.containerd.content.v1.content'),
       snapshotter,
       get process() {
         return proc;
