@@ -1,0 +1,178 @@
+/**
+ * The operator process killed (SIGKILL) in the middle of a rollout and started again:
+ * nothing is enqueued twice, nothing finished is redone, and the rollout completes.
+ * The operator runs as a real child process (operator/src/main.ts); agents are simulated
+ * in this process and count every job they run.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { Redis } from 'ioredis';
+import { prewarmJobId } from '../../oci/src/job-contract.js';
+import { pushImage } from '../harness/images.js';
+import { type KubeHandle, startKube } from '../harness/kube.js';
+import { createNode } from '../harness/kube-nodes.js';
+import type { ManagedProcess } from '../harness/process.js';
+import { type RedisHandle, startRedis } from '../harness/redis.js';
+import { type RegistryHandle, startRegistry } from '../harness/registry.js';
+import { Cleanup, freePort, makeTempDir } from '../harness/tmp.js';
+import {
+  asDigest,
+  condition,
+  eventually,
+  leaseHolder,
+  prewarmApi,
+  QueueReader,
+  redisConnection,
+  spawnOperator,
+} from './env.js';
+import { SimAgent } from './sim-agent.js';
+
+const NODES = ['r1', 'r2', 'r3', 'r4', 'r5', 'r6'];
+
+async function metric(port: number, name: string): Promise<string[]> {
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  const text = await res.text();
+  return text.split('\n').filter((l) => l.startsWith(name));
+}
+
+describe('operator restart mid-rollout', () => {
+  const cleanup = new Cleanup();
+  let kube: KubeHandle;
+  let redis: RedisHandle;
+  let registry: RegistryHandle;
+  let dir: string;
+  let conn: Redis;
+  let reader: QueueReader;
+  const agents: SimAgent[] = [];
+  const procs: ManagedProcess[] = [];
+
+  before(async () => {
+    [kube, redis, registry] = await Promise.all([startKube(), startRedis(), startRegistry()]);
+    cleanup.defer(() => kube.stop());
+    cleanup.defer(() => redis.close());
+    cleanup.defer(() => registry.close());
+    dir = await makeTempDir('op-restart', cleanup);
+    conn = redisConnection(redis.url);
+    reader = new QueueReader(conn);
+    for (const node of NODES) {
+      await createNode(kube.kc, { name: node, labels: { pool: 'r' } });
+      // Slow enough that the rollout (one node at a time) is still going when we kill.
+      agents.push(
+        new SimAgent({
+          node,
+          connection: () => redisConnection(redis.url),
+          storeDir: join(dir, node),
+          blobDelayMs: 250,
+        }),
+      );
+    }
+  });
+
+  after(async () => {
+    for (const p of procs) await p.kill();
+    for (const a of agents) await a.close();
+    await reader?.close();
+    conn?.disconnect();
+    await cleanup.run();
+  });
+
+  test('SIGKILL mid-rollout, restart: no duplicate jobs, no lost progress, rollout completes', async (t) => {
+    const image = await pushImage(registry, {
+      repository: 'big',
+      tag: 'v1',
+      layers: [{ files: { 'a.txt': 'a' } }, { files: { 'b.txt': 'b' } }],
+    });
+    const api = prewarmApi(kube.kc);
+    await api.create('rollout', {
+      images: [{ repository: `${registry.host}/big`, tag: 'v1' }],
+      nodeSelector: { pool: 'r' },
+      rollout: { maxParallelNodes: 1 },
+    });
+    const env = {
+      KPRW_LEASE_NAME: 'restart-test',
+      KPRW_LEASE_DURATION_MS: '3000',
+      KPRW_RENEW_DEADLINE_MS: '2000',
+      KPRW_RETRY_PERIOD_MS: '500',
+    };
+    const first = await spawnOperator('operator-1', kube.kubeconfigPath, redis.url, dir, {
+      ...env,
+      KPRW_IDENTITY: 'op-1',
+    });
+    procs.push(first);
+    const mid = await eventually('rollout under way', async () => {
+      const got = await api.get('rollout');
+      const warm = got?.status?.warmNodes ?? 0;
+      return warm >= 2 && warm < NODES.length ? got : undefined;
+    });
+    await first.kill();
+    const warmAtKill = mid.status?.warmNodes ?? 0;
+    t.diagnostic(`killed the operator with ${warmAtKill}/${NODES.length} nodes warm`);
+    assert.equal(
+      (await leaseHolder(kube.kc, 'restart-test')).holder,
+      'op-1',
+      'the dead operator still holds the lease',
+    );
+
+    const port = await freePort();
+    const second = await spawnOperator('operator-2', kube.kubeconfigPath, redis.url, dir, {
+      ...env,
+      KPRW_IDENTITY: 'op-2',
+      KPRW_HTTP_PORT: String(port),
+    });
+    procs.push(second);
+    const done = await eventually('rollout complete after restart', async () => {
+      const got = await api.get('rollout');
+      return condition(got, 'Ready')?.status === 'True' ? got : undefined;
+    });
+    assert.equal(done.status?.warm, `${NODES.length}/${NODES.length}`);
+    assert.equal((await leaseHolder(kube.kc, 'restart-test')).holder, 'op-2');
+
+    // Exactly one job per node, each run exactly once.
+    for (const [i, node] of NODES.entries()) {
+      const jobs = await reader.jobs(node);
+      assert.deepEqual(
+        jobs.map((j) => [j.id, j.state]),
+        [[prewarmJobId(asDigest(image.digest), node, 'cache'), 'completed']],
+        node,
+      );
+      const agent = agents[i]!;
+      assert.deepEqual([...agent.started.values()], [1], `${node}: started once`);
+      assert.deepEqual([...agent.processed.values()], [1], `${node}: completed once`);
+    }
+
+    // A duplicate push (through the Redis push inbox, as another replica's webhook would
+    // deliver it) re-resolves the unchanged tag and enqueues nothing.
+    await conn.xadd(
+      'kprw:operator:push-events',
+      '*',
+      'e',
+      JSON.stringify({
+        registry: registry.host,
+        repository: 'big',
+        tag: 'v1',
+        source: 'distribution',
+        eventId: 'dup',
+        timestamp: new Date().toISOString(),
+        receivedAt: new Date().toISOString(),
+      }),
+    );
+    await eventually('duplicate push handled', async () =>
+      (await metric(port, 'kprw_resolves_total')).some((l) => l.includes('unchanged')),
+    );
+    await eventually(
+      'status settled',
+      async () => condition(await api.get('rollout'), 'Ready')?.status === 'True',
+    );
+    for (const [i, node] of NODES.entries()) {
+      assert.equal((await reader.jobs(node)).length, 1, node);
+      assert.deepEqual([...agents[i]!.started.values()], [1], node);
+    }
+    const enqueued = await metric(port, 'kprw_jobs_enqueued_total');
+    const sum = enqueued.reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
+    t.diagnostic(
+      `second operator enqueued ${sum} job(s); ${warmAtKill} node(s) were warm when the first was killed`,
+    );
+    assert.ok(sum <= NODES.length - warmAtKill, 'the restarted operator only enqueued what was missing');
+  });
+});
