@@ -21,26 +21,17 @@
  * the client namespace for P1/P2, under /usr/bin/time. Needs root for the namespaces.
  * See bench/README.md for the profiles and reference numbers.
  */
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import {
-  createReadStream,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createReadStream, readdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { type ContainerdHandle, startContainerd } from '../test/harness/containerd.js';
 import type { ClientResult } from './fetch-client.js';
-import { type BigImage, buildBigImage } from './lib/big-image.js';
-import { Cleanup } from './lib/cleanup.js';
+import type { BigImage } from './lib/big-image.js';
+import type { Cleanup } from './lib/cleanup.js';
 import {
   type FetchRow,
   formatTable,
@@ -51,7 +42,20 @@ import {
 } from './lib/fetch-report.js';
 import { SHAPED_PROFILES, ShapedLink } from './lib/netns.js';
 import { procCpuSeconds, runMeasured } from './lib/proc.js';
-import { type BenchRegistry, freeLoopbackPort, startBenchRegistry } from './lib/registry.js';
+import type { BenchRegistry } from './lib/registry.js';
+import {
+  assertLinkAvailable,
+  benchLogger,
+  benchTempDir,
+  COMMON_OPTIONS,
+  haveCommand,
+  parseSizeMiB,
+  pushBigImage,
+  requireCommands,
+  runBench,
+  startLinkRegistry,
+  writeResults,
+} from './lib/setup.js';
 
 const execFileP = promisify(execFile);
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -103,13 +107,12 @@ function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
     options: {
-      'size-mib': { type: 'string', default: '1024' },
+      ...COMMON_OPTIONS,
       profiles: { type: 'string', default: ALL_PROFILES.join(',') },
       methods: { type: 'string', default: ALL_METHODS.join(',') },
       'baseline-seconds': { type: 'string', default: '30' },
       'no-curl': { type: 'boolean', default: false },
       'curl-only': { type: 'boolean', default: false },
-      keep: { type: 'boolean', default: false },
     },
   });
   const list = <T extends string>(s: string, allowed: readonly T[], what: string): T[] =>
@@ -118,9 +121,8 @@ function parseOptions(argv: string[]): Options {
         throw new Error(`unknown ${what} ${x} (${allowed.join(', ')})`);
       return x as T;
     });
-  const sizeMiB = Number(values['size-mib']);
+  const sizeMiB = parseSizeMiB(values['size-mib']);
   const baselineSeconds = Number(values['baseline-seconds']);
-  if (!(sizeMiB > 0)) throw new Error('--size-mib must be > 0');
   if (!(baselineSeconds >= 0)) throw new Error('--baseline-seconds must be >= 0');
   return {
     sizeMiB,
@@ -160,13 +162,7 @@ async function verifyStored(dir: string, digest: string): Promise<boolean | unde
   return `sha256:${hash.digest('hex')}` === digest;
 }
 
-function have(cmd: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
-}
-
-function log(msg: string): void {
-  console.error(`[bench/fetch] ${msg}`);
-}
+const log = benchLogger('fetch');
 
 function baseRow(t: Target, method: string, label: string): FetchRow {
   return { profile: t.profile, method, label, bytes: 0, complete: false, wallS: 0, cpuS: 0, procCpuS: 0 };
@@ -409,7 +405,7 @@ async function runProfile(ctx: Ctx, t: Target, rows: FetchRow[]): Promise<void> 
     let row: FetchRow;
     if (m === 'undici' || m === 'fetcher') row = await runNodeClient(ctx, t, m);
     else if (m === 'skopeo') row = await runSkopeo(ctx, t);
-    else if (!have('ctr') || !have('containerd'))
+    else if (!haveCommand('ctr') || !haveCommand('containerd'))
       row = { ...baseRow(t, m, LABELS[m]), skipped: 'ctr/containerd not installed' };
     else row = await runCtr(ctx, t);
     rows.push(row);
@@ -422,48 +418,29 @@ async function runProfile(ctx: Ctx, t: Target, rows: FetchRow[]): Promise<void> 
 async function main(cleanup: Cleanup): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
   const shaped = opts.profiles.filter((p): p is 'P1' | 'P2' => p !== 'loopback');
-  for (const cmd of ['docker-registry', 'skopeo', 'curl', '/usr/bin/time', 'setpriv']) {
-    if (!have(cmd))
-      throw new Error(`${cmd} not found (apt-get install docker-registry skopeo curl time util-linux)`);
-  }
+  requireCommands(
+    ['docker-registry', 'skopeo', 'curl', '/usr/bin/time', 'setpriv'],
+    ' (apt-get install docker-registry skopeo curl time util-linux)',
+  );
   const link = new ShapedLink(cleanup);
-  if (shaped.length > 0) {
-    if (process.getuid?.() !== 0) throw new Error('the P1/P2 profiles need root (network namespaces)');
-    if (link.exists()) {
-      throw new Error(
-        `network namespace ${link.regNs} or ${link.cliNs} already exists (another run, or left over): ` +
-          'remove it with scripts/netns-down.sh',
-      );
-    }
-  }
+  if (shaped.length > 0) assertLinkAvailable(link);
 
-  const tmp = mkdtempSync(join(tmpdir(), 'kp-bench-fetch-'));
-  cleanup.add(`remove ${tmp}`, () => {
-    if (opts.keep) log(`kept ${tmp}`);
-    else rmSync(tmp, { recursive: true, force: true });
-  });
+  const tmp = benchTempDir(cleanup, 'kp-bench-fetch-', opts.keep, log);
   const clockTicks = Number((await execFileP('getconf', ['CLK_TCK'])).stdout.trim()) || 100;
   const started = Date.now();
 
   // The image: built as an OCI layout, pushed to a loopback registry with its digests kept.
-  log(`building a ${opts.sizeMiB} MiB single-layer image`);
-  const image = await buildBigImage(join(tmp, 'layout'), opts.sizeMiB * 2 ** 20);
-  const storage = join(tmp, 'storage');
-  const loop = await startBenchRegistry(cleanup, {
-    dir: tmp,
-    storageDir: storage,
-    addr: `127.0.0.1:${await freeLoopbackPort()}`,
-    name: 'registry-loopback',
+  const {
+    image,
+    storage,
+    registry: loop,
+  } = await pushBigImage(cleanup, {
+    tmp,
+    sizeMiB: opts.sizeMiB,
+    repository: REPOSITORY,
+    tag: TAG,
+    log,
   });
-  log(`pushing ${image.layerDigest} (${image.layerSize} bytes) to ${loop.host}`);
-  await execFileP('skopeo', [
-    'copy',
-    '--preserve-digests',
-    '--dest-tls-verify=false',
-    `oci:${image.layoutDir}:${image.tag}`,
-    `docker://${loop.host}/${REPOSITORY}:${TAG}`,
-  ]);
-  rmSync(image.layoutDir, { recursive: true, force: true });
 
   const ctx: Ctx = { cleanup, opts, tmp, image, clockTicks };
   const rows: FetchRow[] = [];
@@ -476,14 +453,7 @@ async function main(cleanup: Cleanup): Promise<void> {
     }
     log(`${profile}: shaping the link (${SHAPED_PROFILES[profile].description})`);
     await link.up(profile);
-    // Same storage as the loopback registry, served from inside the registry namespace.
-    nsRegistry ??= await startBenchRegistry(cleanup, {
-      dir: tmp,
-      storageDir: storage,
-      addr: `${link.regIp}:5000`,
-      ns: link.regNs,
-      name: 'registry-netns',
-    });
+    nsRegistry ??= await startLinkRegistry(cleanup, tmp, storage, link);
     const t = { profile, ns: link.cliNs, host: nsRegistry.host };
     if (opts.curl) {
       log(`${profile}: curl shaping check`);
@@ -498,10 +468,7 @@ async function main(cleanup: Cleanup): Promise<void> {
   await loop.stop();
 
   const summary = summarize(rows, SHAPED_PROFILES.P2.linkBytesPerS);
-  const outDir = join(REPO_ROOT, 'bench', 'out');
-  mkdirSync(outDir, { recursive: true });
-  const jsonPath = join(outDir, `fetch-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  writeFileSync(jsonPath, `${JSON.stringify({ options: opts, image, rtts, rows, summary }, null, 2)}\n`);
+  const jsonPath = writeResults('fetch', { options: opts, image, rtts, rows, summary });
 
   console.log('');
   console.log(
@@ -518,14 +485,4 @@ async function main(cleanup: Cleanup): Promise<void> {
   console.log(summaryLine(summary));
 }
 
-const cleanup = new Cleanup();
-cleanup.installSignalHandlers();
-try {
-  await main(cleanup);
-} catch (err) {
-  console.error(`[bench/fetch] failed: ${(err as Error).message}`);
-  process.exitCode = 1;
-} finally {
-  // Explicitly, not only from the exit hook: a live daemon would keep the process from exiting.
-  cleanup.run();
-}
+await runBench('fetch', main);

@@ -25,20 +25,30 @@
  * unix socket. Our own namespace names (kp-psreg / kp-pscli) keep out of bench/fetch's way.
  * Needs root for the namespaces.
  */
-import { execFile, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { CriImageService } from '../agent/src/runtime/cri-image-service.js';
 import { HostsTomlInstaller } from '../agent/src/runtime/hosts-installer.js';
 import { type ContainerdHandle, startContainerd } from '../test/harness/containerd.js';
-import { buildBigImage } from './lib/big-image.js';
-import { Cleanup } from './lib/cleanup.js';
+import type { Cleanup } from './lib/cleanup.js';
 import { SHAPED_PROFILES, ShapedLink } from './lib/netns.js';
 import { inNetns, logTail, runMeasured, startDaemon, waitUntil } from './lib/proc.js';
-import { freeLoopbackPort, startBenchRegistry } from './lib/registry.js';
+import { freeLoopbackPort } from './lib/registry.js';
+import {
+  assertLinkAvailable,
+  benchLogger,
+  benchTempDir,
+  COMMON_OPTIONS,
+  parseSizeMiB,
+  pushBigImage,
+  requireCommands,
+  runBench,
+  startLinkRegistry,
+  writeResults,
+} from './lib/setup.js';
 
 const execFileP = promisify(execFile);
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -59,24 +69,20 @@ function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
     options: {
-      'size-mib': { type: 'string', default: '1024' },
+      ...COMMON_OPTIONS,
       profile: { type: 'string', default: 'P2' },
       runs: { type: 'string', default: '1' },
-      keep: { type: 'boolean', default: false },
     },
   });
-  const sizeMiB = Number(values['size-mib']);
+  const sizeMiB = parseSizeMiB(values['size-mib']);
   const runs = Number(values.runs);
-  if (!(sizeMiB > 0)) throw new Error('--size-mib must be > 0');
   if (!Number.isInteger(runs) || runs < 1) throw new Error('--runs must be a positive integer');
   if (!['P1', 'P2', 'loopback'].includes(values.profile))
     throw new Error('--profile must be P1, P2 or loopback');
   return { sizeMiB, profile: values.profile as Profile, runs, keep: values.keep };
 }
 
-function log(msg: string): void {
-  console.error(`[bench/pod-start] ${msg}`);
-}
+const log = benchLogger('pod-start');
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -227,44 +233,23 @@ async function main(cleanup: Cleanup): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
   // Children (tsx, the CLI) resolve from the repository.
   process.chdir(REPO_ROOT);
-  for (const cmd of ['docker-registry', 'skopeo', 'containerd', 'ctr', 'curl', '/usr/bin/time', 'setpriv']) {
-    if (spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status !== 0)
-      throw new Error(`${cmd} not found`);
-  }
+  requireCommands(['docker-registry', 'skopeo', 'containerd', 'ctr', 'curl', '/usr/bin/time', 'setpriv']);
   const shaped = opts.profile !== 'loopback';
   const link = new ShapedLink(cleanup, { regNs: 'kp-psreg', cliNs: 'kp-pscli' });
-  if (shaped) {
-    if (process.getuid?.() !== 0) throw new Error('shaped profiles need root (network namespaces)');
-    if (link.exists())
-      throw new Error(
-        `network namespace ${link.regNs} or ${link.cliNs} exists: remove it with scripts/netns-down.sh`,
-      );
-  }
-  // Short: containerd's socket paths must stay under 108 bytes.
-  const tmp = mkdtempSync(join(tmpdir(), 'kp-pod-'));
-  cleanup.add(`remove ${tmp}`, () => {
-    if (opts.keep) log(`kept ${tmp}`);
-    else rmSync(tmp, { recursive: true, force: true });
-  });
+  if (shaped) assertLinkAvailable(link);
+  const tmp = benchTempDir(cleanup, 'kp-pod-', opts.keep, log);
 
-  log(`building a ${opts.sizeMiB} MiB single-layer image`);
-  const image = await buildBigImage(join(tmp, 'layout'), opts.sizeMiB * 2 ** 20);
-  const storage = join(tmp, 'storage');
-  const loop = await startBenchRegistry(cleanup, {
-    dir: tmp,
-    storageDir: storage,
-    addr: `127.0.0.1:${await freeLoopbackPort()}`,
-    name: 'registry-loopback',
+  const {
+    image,
+    storage,
+    registry: loop,
+  } = await pushBigImage(cleanup, {
+    tmp,
+    sizeMiB: opts.sizeMiB,
+    repository: REPOSITORY,
+    tag: TAG,
+    log,
   });
-  log(`pushing ${image.layerDigest} (${image.layerSize} bytes)`);
-  await execFileP('skopeo', [
-    'copy',
-    '--preserve-digests',
-    '--dest-tls-verify=false',
-    `oci:${image.layoutDir}:${image.tag}`,
-    `docker://${loop.host}/${REPOSITORY}:${TAG}`,
-  ]);
-  rmSync(image.layoutDir, { recursive: true, force: true });
 
   let registryHost = loop.host;
   let ns: string | undefined;
@@ -273,13 +258,7 @@ async function main(cleanup: Cleanup): Promise<void> {
     log(`shaping the link: ${opts.profile} (${p.description})`);
     await link.up(opts.profile as 'P1' | 'P2');
     await loop.stop();
-    const reg = await startBenchRegistry(cleanup, {
-      dir: tmp,
-      storageDir: storage,
-      addr: `${link.regIp}:5000`,
-      ns: link.regNs,
-      name: 'registry-netns',
-    });
+    const reg = await startLinkRegistry(cleanup, tmp, storage, link);
     registryHost = reg.host;
     ns = link.cliNs;
   }
@@ -319,27 +298,16 @@ async function main(cleanup: Cleanup): Promise<void> {
     '',
   ];
   console.log(out.join('\n'));
-  const outDir = join(REPO_ROOT, 'bench', 'out');
-  mkdirSync(outDir, { recursive: true });
-  const file = join(outDir, `pod-start-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  writeFileSync(
-    file,
-    JSON.stringify(
-      { profile: opts.profile, layerBytes: image.layerSize, runs: results, cold, mirror, unpacked, warm },
-      null,
-      2,
-    ),
-  );
+  const file = writeResults('pod-start', {
+    profile: opts.profile,
+    layerBytes: image.layerSize,
+    runs: results,
+    cold,
+    mirror,
+    unpacked,
+    warm,
+  });
   log(`wrote ${file}`);
 }
 
-const cleanup = new Cleanup();
-cleanup.installSignalHandlers();
-main(cleanup).then(
-  () => cleanup.run(),
-  (err: unknown) => {
-    console.error(`[bench/pod-start] failed: ${(err as Error)?.stack ?? err}`);
-    cleanup.run();
-    process.exitCode = 1;
-  },
-);
+await runBench('pod-start', main);
