@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { classifyFsError } from '../../../oci/src/errors.js';
+import { fsyncDir } from '../store/fs-store.js';
 import { assertNamespace, type HostsEntry, MANAGED_MARKER, renderHostsToml } from './hosts-toml.js';
 
 /** Where a foreign hosts.toml is kept while ours is installed, and restored from on uninstall. */
@@ -126,6 +127,11 @@ export class HostsTomlInstaller {
     return out.sort();
   }
 
+  /**
+   * Not the store's `writeAtomic`: the temp file here is a dot-file beside the target, created
+   * with mode 0644 instead of `open`'s default 0666, so that a permissive umask (0, 002) never
+   * makes containerd's registry config group- or world-writable.
+   */
   async #writeAtomic(dir: string, file: string, text: string): Promise<void> {
     const tmp = join(dir, `.hosts.toml.${randomBytes(6).toString('hex')}.tmp`);
     const fh = await open(tmp, 'w', 0o644);
@@ -147,13 +153,4 @@ export class HostsTomlInstaller {
 
 export function isManaged(text: string): boolean {
   return text.startsWith(`${MANAGED_MARKER}\n`);
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
