@@ -37,3 +37,11 @@ const BY_CODE: Partial<Record<ErrorCode, number>> = {
 export function exitCodeFor(err: unknown): number {
   return isPrewarmError(err) ? (BY_CODE[err.code] ?? ExitCodes.FAILURE) : ExitCodes.FAILURE;
 }
+
+/**
+ * How a command reports a failure on stderr: `<code>: <message>` for a PrewarmError (the
+ * code is what scripts branch on), the stack for anything else (a bug: where it happened).
+ */
+export function describeError(err: unknown): string {
+  return isPrewarmError(err) ? `${err.code}: ${err.message}` : String((err as Error)?.stack ?? err);
+}

@@ -1,14 +1,13 @@
 import { parseArgs } from 'node:util';
-import { loadDockerConfigFile, StaticCredentials } from '../../../oci/src/auth.js';
-import { isLoopbackHost, RegistryClient } from '../../../oci/src/client.js';
+import type { RegistryClient } from '../../../oci/src/client.js';
 import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import { hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
 import { parseReference } from '../../../oci/src/reference.js';
 import { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { ImageWarmer } from '../fetch/image-warmer.js';
 import { SERVE_USAGE, serveCommand } from '../mirror/serve-command.js';
-import { FsBlobStore } from '../store/fs-store.js';
-import { ExitCodes, exitCodeFor } from './exit-codes.js';
+import { openStoreFromFlags, registryClientFromFlags, STORE_REGISTRY_OPTIONS } from './common-flags.js';
+import { describeError, ExitCodes, exitCodeFor } from './exit-codes.js';
 import { formatBytes, formatDuration, parseSize } from './format.js';
 import { ProgressView } from './progress.js';
 
@@ -75,19 +74,9 @@ async function warm(argv: string[]): Promise<number> {
       throw new PrewarmError(ErrorCodes.INVALID_CONFIG, 'warm takes exactly one image reference');
     const ref = parseReference(positionals[0] as string);
     const platform = values.platform ? parsePlatform(values.platform) : hostPlatform();
-    const credentials = values['docker-config']
-      ? await loadDockerConfigFile(values['docker-config'])
-      : new StaticCredentials();
-    const plain = new Set((values['plain-http'] ?? '').split(',').filter(Boolean));
-    const store = await new FsBlobStore(values.store ?? '.prewarm-store', {
-      fsync: values['no-fsync'] !== true,
-    }).init();
     const retry = values.retries ? { attempts: positiveInt(values.retries, '--retries') } : undefined;
-    client = new RegistryClient({
-      credentials,
-      plainHttp: (h) => isLoopbackHost(h) || plain.has(h),
-      ...(retry ? { retry } : {}),
-    });
+    client = await registryClientFromFlags(values, retry ? { retry } : {});
+    const store = await openStoreFromFlags(values);
     fetcher = new BlobFetcher(store, {
       chunkSize: values['chunk-size'] ? parseSize(values['chunk-size']) : undefined,
       concurrencyPerBlob: values.concurrency ? positiveInt(values.concurrency, '--concurrency') : undefined,
@@ -122,9 +111,7 @@ async function warm(argv: string[]): Promise<number> {
   } catch (err) {
     view?.stop();
     const code = exitCodeFor(err);
-    const message = isPrewarmError(err)
-      ? `${err.code}: ${err.message}`
-      : String((err as Error)?.stack ?? err);
+    const message = describeError(err);
     if (json) {
       process.stdout.write(
         `${JSON.stringify({ ok: false, error: { code: isPrewarmError(err) ? err.code : 'PW_ERR_INTERNAL', message: isPrewarmError(err) ? err.message : String(err) } })}\n`,
@@ -147,17 +134,14 @@ function parseWarmArgs(argv: string[]) {
     args: argv,
     allowPositionals: true,
     options: {
-      store: { type: 'string' },
+      ...STORE_REGISTRY_OPTIONS,
       platform: { type: 'string' },
-      'docker-config': { type: 'string' },
-      'plain-http': { type: 'string' },
       'chunk-size': { type: 'string' },
       concurrency: { type: 'string' },
       'max-connections': { type: 'string' },
       bandwidth: { type: 'string' },
       retries: { type: 'string' },
       json: { type: 'boolean' },
-      'no-fsync': { type: 'boolean' },
     },
   });
 }

@@ -1,14 +1,13 @@
 import { parseArgs } from 'node:util';
 import pino from 'pino';
-import { loadDockerConfigFile, StaticCredentials } from '../../../oci/src/auth.js';
-import { isLoopbackHost, RegistryClient } from '../../../oci/src/client.js';
+import type { RegistryClient } from '../../../oci/src/client.js';
 import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import { hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
 import { isValidRegistryHost } from '../../../oci/src/reference.js';
-import { ExitCodes, exitCodeFor } from '../cli/exit-codes.js';
+import { openStoreFromFlags, registryClientFromFlags, STORE_REGISTRY_OPTIONS } from '../cli/common-flags.js';
+import { describeError, ExitCodes, exitCodeFor } from '../cli/exit-codes.js';
 import { parseSize } from '../cli/format.js';
 import { BlobFetcher } from '../fetch/blob-fetcher.js';
-import { FsBlobStore } from '../store/fs-store.js';
 import { Mirror } from './mirror.js';
 import type { TagPolicy } from './mirror-options.js';
 
@@ -65,19 +64,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
     if (!upstreams.every((h) => h === '*' || isValidRegistryHost(h)))
       throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `--upstreams: invalid host in ${values.upstreams}`);
     const anyUpstream = upstreams.includes('*');
-    const credentials = values['docker-config']
-      ? await loadDockerConfigFile(values['docker-config'])
-      : new StaticCredentials();
-    const plain = new Set((values['plain-http'] ?? '').split(',').filter(Boolean));
-    const store = await new FsBlobStore(values.store ?? '.prewarm-store', {
-      fsync: values['no-fsync'] !== true,
-    }).init();
     // Few retries: a mirror that waits on a sick upstream holds up the pull it should speed up.
-    client = new RegistryClient({
-      credentials,
-      plainHttp: (h) => isLoopbackHost(h) || plain.has(h),
-      retry: { attempts: 2, maxDelayMs: 500 },
-    });
+    client = await registryClientFromFlags(values, { retry: { attempts: 2, maxDelayMs: 500 } });
+    const store = await openStoreFromFlags(values);
     fetcher = new BlobFetcher(store, {
       bandwidthBytesPerSec: values.bandwidth ? parseSize(values.bandwidth) : undefined,
     });
@@ -109,9 +98,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     });
     return ExitCodes.OK;
   } catch (err) {
-    const message = isPrewarmError(err)
-      ? `${err.code}: ${err.message}`
-      : String((err as Error)?.stack ?? err);
+    const message = describeError(err);
     process.stderr.write(`kube-prewarm serve: ${message}\n`);
     return isPrewarmError(err, ErrorCodes.INVALID_CONFIG) ? ExitCodes.USAGE : exitCodeFor(err);
   } finally {
@@ -128,7 +115,7 @@ function parse(argv: string[]) {
     args: argv,
     allowPositionals: false,
     options: {
-      store: { type: 'string' },
+      ...STORE_REGISTRY_OPTIONS,
       listen: { type: 'string' },
       'tag-policy': { type: 'string' },
       'resolve-timeout': { type: 'string' },
@@ -137,11 +124,8 @@ function parse(argv: string[]) {
       upstreams: { type: 'string' },
       'default-registry': { type: 'string' },
       platform: { type: 'string' },
-      'docker-config': { type: 'string' },
-      'plain-http': { type: 'string' },
       bandwidth: { type: 'string' },
       'log-level': { type: 'string' },
-      'no-fsync': { type: 'boolean' },
     },
   });
 }
