@@ -1,24 +1,15 @@
-/**
- * Azure Container Registry webhooks: one JSON object per event, `action` ∈ push, delete,
- * chart_push, chart_delete, quarantine (and ping from `az acr webhook ping`), with
- * `target.{repository,tag,digest,mediaType}` and `request.host`. ACR adds no headers of its
- * own, so authentication is the custom header configured on the webhook
- * (`az acr webhook create --headers Authorization="Bearer <secret>"`).
- */
-import { malformed } from '../errors.js';
 import {
   asObject,
-  assertFresh,
   checkDigest,
-  checkHeaderSecret,
   checkRegistry,
   checkRepository,
   checkTag,
   emptyOutcome,
-  makeEvent,
+  freshTimestamp,
+  headerSecretCheck,
+  oneEvent,
   optString,
   parseJsonObject,
-  parseTimestamp,
   reqString,
   type SourceContext,
   type SourceOutcome,
@@ -38,12 +29,11 @@ export interface AcrSourceOptions {
 }
 
 export function acrSource(opts: AcrSourceOptions): WebhookSource {
-  const header = (opts.header ?? 'authorization').toLowerCase();
   return {
     name: 'acr',
     // ACR sends application/json unless the webhook sets its own Content-Type header.
     contentTypes: ['application/json'],
-    checkHeaders: (ctx) => checkHeaderSecret(ctx, header, opts.secrets, true),
+    checkHeaders: headerSecretCheck(opts),
     handle: async (ctx) => parseAcr(ctx, opts.registry),
   };
 }
@@ -54,9 +44,7 @@ function parseAcr(ctx: SourceContext, registryOverride: string | undefined): Sou
   // chart_push/chart_delete (Helm repositories), delete, quarantine, ping: nothing to warm.
   if (action !== 'push') return emptyOutcome(1);
   const id = reqString(p, 'id', '$');
-  const tsMs = parseTimestamp(p.timestamp);
-  if (tsMs === undefined) throw malformed('timestamp must be an RFC 3339 date-time');
-  assertFresh(tsMs, ctx, 'event');
+  const tsMs = freshTimestamp(p.timestamp, ctx, 'timestamp must be an RFC 3339 date-time', 'event');
   const target = asObject(p.target, 'target');
   const repository = checkRepository(reqString(target, 'repository', 'target'), 'target.repository');
   const tag = optString(target, 'tag', 'target');
@@ -64,26 +52,18 @@ function parseAcr(ctx: SourceContext, registryOverride: string | undefined): Sou
   const registry =
     registryOverride ??
     checkRegistry(reqString(asObject(p.request, 'request'), 'host', 'request'), 'request.host');
-  return {
-    events: [
-      {
-        dedupKey: `acr:${safeId(id)}`,
-        event: makeEvent(
-          {
-            registry,
-            repository,
-            tag: tag === undefined ? undefined : checkTag(tag, 'target.tag'),
-            digest: digest === undefined ? undefined : checkDigest(digest, 'target.digest'),
-            mediaType: optString(target, 'mediaType', 'target'),
-            source: 'acr',
-            eventId: id,
-            timestampMs: tsMs,
-          },
-          ctx,
-        ),
-      },
-    ],
-    ignored: 0,
-    stale: 0,
-  };
+  return oneEvent(
+    `acr:${safeId(id)}`,
+    {
+      registry,
+      repository,
+      tag: tag === undefined ? undefined : checkTag(tag, 'target.tag'),
+      digest: digest === undefined ? undefined : checkDigest(digest, 'target.digest'),
+      mediaType: optString(target, 'mediaType', 'target'),
+      source: 'acr',
+      eventId: id,
+      timestampMs: tsMs,
+    },
+    ctx,
+  );
 }

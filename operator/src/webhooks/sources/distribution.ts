@@ -18,10 +18,10 @@ import {
   asArray,
   asObject,
   checkDigest,
-  checkHeaderSecret,
   checkRegistry,
   checkRepository,
   checkTag,
+  headerSecretCheck,
   isFresh,
   makeEvent,
   optString,
@@ -57,11 +57,10 @@ export const DISTRIBUTION_CONTENT_TYPES = [
 ] as const;
 
 export function distributionSource(opts: DistributionSourceOptions): WebhookSource {
-  const header = (opts.header ?? 'authorization').toLowerCase();
   return {
     name: 'distribution',
     contentTypes: DISTRIBUTION_CONTENT_TYPES,
-    checkHeaders: (ctx) => checkHeaderSecret(ctx, header, opts.secrets, true),
+    checkHeaders: headerSecretCheck(opts),
     handle: async (ctx) => parseEnvelope(ctx, opts.registry),
   };
 }

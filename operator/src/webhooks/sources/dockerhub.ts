@@ -7,16 +7,14 @@
  */
 import { createHash } from 'node:crypto';
 import { checkSecretList } from '../config.js';
-import { malformed } from '../errors.js';
 import {
   asObject,
-  assertFresh,
   checkQueryToken,
   checkRepository,
   checkTag,
-  makeEvent,
+  freshTimestamp,
+  oneEvent,
   parseJsonObject,
-  parseTimestamp,
   reqString,
   type WebhookSource,
 } from './source.js';
@@ -46,25 +44,20 @@ export function dockerHubSource(opts: DockerHubSourceOptions): WebhookSource {
       if (!name.includes('/')) name = `library/${name}`;
       const repository = checkRepository(name, 'repository.repo_name');
       const tag = checkTag(reqString(pushData, 'tag', 'push_data'), 'push_data.tag');
-      const tsMs = parseTimestamp(pushData.pushed_at);
-      if (tsMs === undefined) throw malformed('push_data.pushed_at must be Unix seconds');
-      assertFresh(tsMs, ctx, 'push');
+      const tsMs = freshTimestamp(
+        pushData.pushed_at,
+        ctx,
+        'push_data.pushed_at must be Unix seconds',
+        'push',
+      );
       const id = `p-${createHash('sha256')
         .update(`${repository}\n${tag}\n${String(pushData.pushed_at)}`)
         .digest('hex')}`;
-      return {
-        events: [
-          {
-            dedupKey: `dockerhub:${id}`,
-            event: makeEvent(
-              { registry, repository, tag, source: 'dockerhub', eventId: id, timestampMs: tsMs },
-              ctx,
-            ),
-          },
-        ],
-        ignored: 0,
-        stale: 0,
-      };
+      return oneEvent(
+        `dockerhub:${id}`,
+        { registry, repository, tag, source: 'dockerhub', eventId: id, timestampMs: tsMs },
+        ctx,
+      );
     },
   };
 }

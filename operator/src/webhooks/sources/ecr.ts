@@ -15,17 +15,16 @@ import { forbidden, malformed } from '../errors.js';
 import type { WebhookSourceName } from '../push-event.js';
 import {
   asObject,
-  assertFresh,
   checkDigest,
-  checkHeaderSecret,
   checkRepository,
   checkTag,
   emptyOutcome,
+  freshTimestamp,
+  headerSecretCheck,
   type JsonObject,
-  makeEvent,
+  oneEvent,
   optString,
   parseJsonObject,
-  parseTimestamp,
   reqString,
   type SourceContext,
   type SourceOutcome,
@@ -45,11 +44,10 @@ export interface EcrEventBridgeSourceOptions {
 }
 
 export function ecrEventBridgeSource(opts: EcrEventBridgeSourceOptions): WebhookSource {
-  const header = (opts.header ?? 'x-api-key').toLowerCase();
   return {
     name: 'ecr',
     contentTypes: ['application/json'],
-    checkHeaders: (ctx) => checkHeaderSecret(ctx, header, opts.secrets, true),
+    checkHeaders: headerSecretCheck(opts, 'x-api-key'),
     handle: async (ctx) => parseEcrEvent(parseJsonObject(ctx.body), ctx, 'ecr', opts.accounts),
   };
 }
@@ -82,34 +80,24 @@ export function parseEcrEvent(
   if (accounts !== undefined && !accounts.includes(account)) {
     throw forbidden(`events from AWS account ${account} are not accepted here`);
   }
-  const tsMs = parseTimestamp(e.time);
-  if (tsMs === undefined) throw malformed('time must be an RFC 3339 date-time');
-  assertFresh(tsMs, ctx, 'event');
+  const tsMs = freshTimestamp(e.time, ctx, 'time must be an RFC 3339 date-time', 'event');
   const d = asObject(e.detail, 'detail');
   if (d['action-type'] !== 'PUSH' || d.result !== 'SUCCESS') return emptyOutcome(1);
   const repository = checkRepository(reqString(d, 'repository-name', 'detail'), 'detail.repository-name');
   const tag = optString(d, 'image-tag', 'detail');
   const digest = optString(d, 'image-digest', 'detail');
-  return {
-    events: [
-      {
-        dedupKey: `ecr:${safeId(id)}`,
-        event: makeEvent(
-          {
-            registry: ecrRegistryHost(account, region),
-            repository,
-            tag: tag === undefined ? undefined : checkTag(tag, 'detail.image-tag'),
-            digest: digest === undefined ? undefined : checkDigest(digest, 'detail.image-digest'),
-            mediaType: optString(d, 'manifest-media-type', 'detail'),
-            source,
-            eventId: id,
-            timestampMs: tsMs,
-          },
-          ctx,
-        ),
-      },
-    ],
-    ignored: 0,
-    stale: 0,
-  };
+  return oneEvent(
+    `ecr:${safeId(id)}`,
+    {
+      registry: ecrRegistryHost(account, region),
+      repository,
+      tag: tag === undefined ? undefined : checkTag(tag, 'detail.image-tag'),
+      digest: digest === undefined ? undefined : checkDigest(digest, 'detail.image-digest'),
+      mediaType: optString(d, 'manifest-media-type', 'detail'),
+      source,
+      eventId: id,
+      timestampMs: tsMs,
+    },
+    ctx,
+  );
 }

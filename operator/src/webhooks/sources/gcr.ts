@@ -24,13 +24,12 @@ import { forbidden, malformed, unauthenticated } from '../errors.js';
 import { headerValue } from '../http-body.js';
 import {
   asObject,
-  assertFresh,
   checkQueryToken,
   emptyOutcome,
-  makeEvent,
+  freshTimestamp,
+  oneEvent,
   optString,
   parseJsonObject,
-  parseTimestamp,
   type SourceContext,
   type SourceOutcome,
   safeId,
@@ -134,9 +133,12 @@ function parsePush(ctx: SourceContext, subscriptions: ReadonlySet<string> | unde
   }
   const id = optString(message, 'messageId', 'message') ?? optString(message, 'message_id', 'message');
   if (id === undefined) throw malformed('message.messageId must be a non-empty string');
-  const tsMs = parseTimestamp(message.publishTime ?? message.publish_time);
-  if (tsMs === undefined) throw malformed('message.publishTime must be an RFC 3339 date-time');
-  assertFresh(tsMs, ctx, 'message');
+  const tsMs = freshTimestamp(
+    message.publishTime ?? message.publish_time,
+    ctx,
+    'message.publishTime must be an RFC 3339 date-time',
+    'message',
+  );
   const data = optString(message, 'data', 'message');
   if (data === undefined || !BASE64_RE.test(data)) throw malformed('message.data must be base64');
   const n = parseJsonObject(Buffer.from(data, 'base64'), 'message.data');
@@ -153,27 +155,19 @@ function parsePush(ctx: SourceContext, subscriptions: ReadonlySet<string> | unde
   // The digest only belongs to this event when it names the same repository.
   const sameRepo =
     pinned !== undefined && pinned.registry === base.registry && pinned.repository === base.repository;
-  return {
-    events: [
-      {
-        dedupKey: `gcr:${safeId(id)}`,
-        event: makeEvent(
-          {
-            registry: base.registry.toLowerCase(),
-            repository: base.repository,
-            tag: tagged?.tag,
-            digest: sameRepo ? pinned.digest : undefined,
-            source: 'gcr',
-            eventId: id,
-            timestampMs: tsMs,
-          },
-          ctx,
-        ),
-      },
-    ],
-    ignored: 0,
-    stale: 0,
-  };
+  return oneEvent(
+    `gcr:${safeId(id)}`,
+    {
+      registry: base.registry.toLowerCase(),
+      repository: base.repository,
+      tag: tagged?.tag,
+      digest: sameRepo ? pinned.digest : undefined,
+      source: 'gcr',
+      eventId: id,
+      timestampMs: tsMs,
+    },
+    ctx,
+  );
 }
 
 function parseRef(ref: string, path: string): ReturnType<typeof parseReference> {

@@ -23,7 +23,7 @@ import {
   isDigestLike,
   isObject,
   type JsonObject,
-  makeEvent,
+  oneEvent,
   optString,
   parseJsonObject,
   parseTimestamp,
@@ -95,31 +95,19 @@ function parsePackage(ctx: SourceContext, registry: string): SourceOutcome {
   const manifest = isObject(meta.manifest) ? meta.manifest : {};
   const id = bodyId(ctx.body);
   const ts = parseTimestamp(version.updated_at ?? pkg.updated_at);
-  return {
-    events: [
-      {
-        dedupKey: `github:${id}`,
-        event: makeEvent(
-          {
-            registry,
-            repository,
-            tag,
-            digest: versionName !== undefined && isDigest(versionName) ? versionName : undefined,
-            mediaType: optString(
-              manifest,
-              'media_type',
-              'package.package_version.container_metadata.manifest',
-            ),
-            source: 'github',
-            eventId: id,
-            // Year-1 placeholders mean "unknown".
-            timestampMs: ts !== undefined && ts > Date.UTC(2000, 0, 1) ? ts : undefined,
-          },
-          ctx,
-        ),
-      },
-    ],
-    ignored: 0,
-    stale: 0,
-  };
+  return oneEvent(
+    `github:${id}`,
+    {
+      registry,
+      repository,
+      tag,
+      digest: versionName !== undefined && isDigest(versionName) ? versionName : undefined,
+      mediaType: optString(manifest, 'media_type', 'package.package_version.container_metadata.manifest'),
+      source: 'github',
+      eventId: id,
+      // Year-1 placeholders mean "unknown".
+      timestampMs: ts !== undefined && ts > Date.UTC(2000, 0, 1) ? ts : undefined,
+    },
+    ctx,
+  );
 }

@@ -13,19 +13,18 @@ import { malformed } from '../errors.js';
 import {
   asArray,
   asObject,
-  assertFresh,
   checkDigest,
-  checkHeaderSecret,
   checkRegistry,
   checkRepository,
   checkTag,
   emptyOutcome,
+  freshTimestamp,
+  headerSecretCheck,
   isDigestLike,
   type JsonObject,
   makeEvent,
   optString,
   parseJsonObject,
-  parseTimestamp,
   reqString,
   type SourceContext,
   type SourceOutcome,
@@ -45,11 +44,10 @@ export interface HarborSourceOptions {
 }
 
 export function harborSource(opts: HarborSourceOptions): WebhookSource {
-  const header = (opts.header ?? 'authorization').toLowerCase();
   return {
     name: 'harbor',
     contentTypes: ['application/json', 'application/cloudevents+json'],
-    checkHeaders: (ctx) => checkHeaderSecret(ctx, header, opts.secrets, true),
+    checkHeaders: headerSecretCheck(opts),
     handle: async (ctx) => parseHarbor(ctx, opts.registry),
   };
 }
@@ -57,22 +55,21 @@ export function harborSource(opts: HarborSourceOptions): WebhookSource {
 function parseHarbor(ctx: SourceContext, registryOverride: string | undefined): SourceOutcome {
   const p = parseJsonObject(ctx.body);
   let data: JsonObject;
-  let tsMs: number | undefined;
+  let time: unknown;
   let baseId: string;
   if (p.specversion !== undefined) {
     if (p.type !== 'harbor.artifact.pushed') return emptyOutcome(1);
     data = asObject(p.data, 'data');
-    tsMs = parseTimestamp(p.time);
+    time = p.time;
     baseId = `ce-${safeId(reqString(p, 'id', '$'))}`;
   } else {
     if (p.type !== 'PUSH_ARTIFACT') return emptyOutcome(1);
     data = asObject(p.event_data, 'event_data');
-    tsMs = parseTimestamp(p.occur_at);
+    time = p.occur_at;
     // The default format has no event id: the stable fields of the push stand in for one.
     baseId = '';
   }
-  if (tsMs === undefined) throw malformed('event time (occur_at / time) is missing or not a date');
-  assertFresh(tsMs, ctx, 'event');
+  const tsMs = freshTimestamp(time, ctx, 'event time (occur_at / time) is missing or not a date', 'event');
   const repo = asObject(data.repository, 'event_data.repository');
   const repository = checkRepository(
     reqString(repo, 'repo_full_name', 'event_data.repository'),

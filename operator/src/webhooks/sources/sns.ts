@@ -22,13 +22,12 @@ import { headerValue } from '../http-body.js';
 import { parseEcrEvent } from './ecr.js';
 import { OutboundFetcher, type OutboundOptions } from './outbound.js';
 import {
-  assertFresh,
   emptyOutcome,
+  freshTimestamp,
   isObject,
   type JsonObject,
   optString,
   parseJsonObject,
-  parseTimestamp,
   reqString,
   type SourceContext,
   type SourceOutcome,
@@ -231,9 +230,7 @@ export function ecrSnsSource(opts: EcrSnsSourceOptions): WebhookSource {
       // Checked before the signature so unknown topics cannot make us fetch certificates.
       if (!topics.has(topic)) throw forbidden(`SNS topic ${topic} is not accepted here`);
       await verifySignature(msg, ctx);
-      const tsMs = parseTimestamp(msg.Timestamp);
-      if (tsMs === undefined) throw malformed('Timestamp must be an RFC 3339 date-time');
-      assertFresh(tsMs, ctx, 'SNS message');
+      freshTimestamp(msg.Timestamp, ctx, 'Timestamp must be an RFC 3339 date-time', 'SNS message');
 
       if (type === 'SubscriptionConfirmation') return confirm(msg, ctx, topic);
       if (type === 'UnsubscribeConfirmation') {

@@ -184,6 +184,23 @@ export function assertFresh(tsMs: number, ctx: SourceContext, what: string): voi
   }
 }
 
+/**
+ * A required timestamp field (see `parseTimestamp`) inside the replay window. Throws 400
+ * malformed with `malformedMessage` when it is absent or unparseable, and 400
+ * PW_ERR_WEBHOOK_STALE (naming `what`) when it is outside the window.
+ */
+export function freshTimestamp(
+  v: unknown,
+  ctx: SourceContext,
+  malformedMessage: string,
+  what: string,
+): number {
+  const tsMs = parseTimestamp(v);
+  if (tsMs === undefined) throw malformed(malformedMessage);
+  assertFresh(tsMs, ctx, what);
+  return tsMs;
+}
+
 // ---------------------------------------------------------------------------------------
 // Ids and credentials.
 
@@ -220,12 +237,34 @@ export function checkHeaderSecret(
   if (!ok) throw unauthenticated(`${header} header does not match a configured secret`);
 }
 
+/**
+ * `checkHeaders` of a source whose sender puts a shared secret in one header, as `<secret>`
+ * or `Bearer <secret>`: the header is `opts.header` (default `defaultHeader`, any case);
+ * `opts.secrets` is read on each request.
+ */
+export function headerSecretCheck(
+  opts: { readonly header?: string | undefined; readonly secrets: readonly string[] },
+  defaultHeader = 'authorization',
+): (ctx: HeaderContext) => void {
+  const header = (opts.header ?? defaultHeader).toLowerCase();
+  return (ctx) => checkHeaderSecret(ctx, header, opts.secrets, true);
+}
+
 /** Shared-secret check on the `token` query parameter (senders that cannot set headers). */
 export function checkQueryToken(ctx: HeaderContext, tokens: readonly string[]): void {
   const t = ctx.query.get('token');
   if (t === null || t.length === 0) throw unauthenticated('missing token query parameter');
   if (!matchesAnySecret(t, tokens))
     throw unauthenticated('token query parameter does not match a configured token');
+}
+
+/** The outcome of a delivery that carries exactly one event (see `makeEvent` for `fields`). */
+export function oneEvent(
+  dedupKey: string,
+  fields: Parameters<typeof makeEvent>[0],
+  ctx: SourceContext,
+): SourceOutcome {
+  return { events: [{ dedupKey, event: makeEvent(fields, ctx) }], ignored: 0, stale: 0 };
 }
 
 /** Builds the PushEvent fields every source fills the same way. */
