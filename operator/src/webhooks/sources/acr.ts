@@ -1,3 +1,10 @@
+/**
+ * Azure Container Registry webhooks: one JSON object per event, `action` ∈ push, delete,
+ * chart_push, chart_delete, quarantine (and ping from `az acr webhook ping`), with
+ * `target.{repository,tag,digest,mediaType}` and `request.host`. ACR adds no headers of its
+ * own, so authentication is the custom header configured on the webhook
+ * (`az acr webhook create --headers Authorization="Bearer <secret>"`).
+ */
 import {
   asObject,
   checkDigest,
