@@ -33,6 +33,15 @@ function pushEnvelope(id: string, tag = '1.0'): string {
   });
 }
 
+/** A promise that dispatches wait on, and the function that settles it. */
+function openGate(): { gate: Promise<void>; release: () => void } {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  return { gate, release };
+}
+
 describe('routing and HTTP checks', () => {
   it('answers 404 for unconfigured sources and foreign paths, 405 for GET', async () => {
     const h = await startHarness({ options: { sources: { distribution: { secrets: [TOKEN] } } } });
@@ -122,10 +131,7 @@ describe('routing and HTTP checks', () => {
 
 describe('dispatch', () => {
   it('answers 202 before onPush finishes, and counts matched:0 as unwatched', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const { gate, release } = openGate();
     const seen: PushEvent[] = [];
     const h = await startHarness({
       options: { sources: { distribution: { secrets: [TOKEN] } } },
@@ -178,50 +184,47 @@ describe('dispatch', () => {
     }
   });
 
-  it('dispatches anyway when the dedup store fails (fail open), and counts it', async () => {
-    const broken: DedupStore = {
-      claim: async () => {
-        throw new Error('redis down');
+  const failingStores: { title: string; dedup: DedupStore; dedupTimeoutMs?: number; id: string }[] = [
+    {
+      title: 'dispatches anyway when the dedup store fails (fail open), and counts it',
+      dedup: {
+        claim: async () => {
+          throw new Error('redis down');
+        },
+        release: async () => {},
       },
-      release: async () => {},
-    };
-    const h = await startHarness({
-      options: { sources: { distribution: { secrets: [TOKEN] } } },
-      dedup: broken,
+      id: 'no-dedup-1',
+    },
+    {
+      title: 'does not let a hanging dedup store hold the request: dispatches after dedupTimeoutMs',
+      dedup: { claim: () => new Promise(() => {}), release: async () => {} },
+      dedupTimeoutMs: 50,
+      id: 'hang-1',
+    },
+  ];
+  for (const { title, dedup, dedupTimeoutMs, id } of failingStores) {
+    it(title, async () => {
+      const h = await startHarness({
+        options: {
+          ...(dedupTimeoutMs === undefined ? {} : { dedupTimeoutMs }),
+          sources: { distribution: { secrets: [TOKEN] } },
+        },
+        dedup,
+      });
+      try {
+        const r = await h.post('distribution', pushEnvelope(id), auth);
+        assert.equal(r.status, 202);
+        await h.settle();
+        assert.equal(h.events.length, 1);
+        assert.equal(await h.counter(EVENTS_METRIC, { source: 'distribution', outcome: 'dedup_error' }), 1);
+      } finally {
+        await h.close();
+      }
     });
-    try {
-      const r = await h.post('distribution', pushEnvelope('no-dedup-1'), auth);
-      assert.equal(r.status, 202);
-      await h.settle();
-      assert.equal(h.events.length, 1);
-      assert.equal(await h.counter(EVENTS_METRIC, { source: 'distribution', outcome: 'dedup_error' }), 1);
-    } finally {
-      await h.close();
-    }
-  });
-
-  it('does not let a hanging dedup store hold the request: dispatches after dedupTimeoutMs', async () => {
-    const hanging: DedupStore = { claim: () => new Promise(() => {}), release: async () => {} };
-    const h = await startHarness({
-      options: { dedupTimeoutMs: 50, sources: { distribution: { secrets: [TOKEN] } } },
-      dedup: hanging,
-    });
-    try {
-      const r = await h.post('distribution', pushEnvelope('hang-1'), auth);
-      assert.equal(r.status, 202);
-      await h.settle();
-      assert.equal(h.events.length, 1);
-      assert.equal(await h.counter(EVENTS_METRIC, { source: 'distribution', outcome: 'dedup_error' }), 1);
-    } finally {
-      await h.close();
-    }
-  });
+  }
 
   it('answers 503 with Retry-After when the backlog is full, without claiming the events', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const { gate, release } = openGate();
     const dedup = new MemoryDedupStore();
     const h = await startHarness({
       options: {
@@ -267,10 +270,7 @@ describe('dispatch', () => {
   });
 
   it('refuses new deliveries with 503 once closing, after draining dispatches', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
+    const { gate, release } = openGate();
     let finished = 0;
     const h = await startHarness({
       options: { sources: { distribution: { secrets: [TOKEN] } } },
