@@ -13,11 +13,11 @@ import {
   type PushedImage,
   pushImage,
   type RegistryHandle,
-  startFaultProxy,
   startRegistry,
   waitUntil,
 } from '../harness/index.js';
 import { hashFile } from './fetch-helpers.js';
+import { startProxiedRegistry, startTestRegistry } from './fixtures.js';
 
 const execFileP = promisify(execFile);
 const cleanup = new Cleanup();
@@ -46,10 +46,7 @@ describe('kube-prewarm warm (CLI)', () => {
   let proxy: FaultProxyHandle;
   let img: PushedImage;
   before(async () => {
-    registry = await startRegistry();
-    cleanup.defer(() => registry.close());
-    proxy = await startFaultProxy({ upstream: registry });
-    cleanup.defer(() => proxy.stop());
+    ({ registry, proxy } = await startProxiedRegistry(cleanup));
     img = await pushImage(registry, {
       repository: 'kp/cli',
       tag: 'v1',
@@ -112,8 +109,7 @@ describe('kube-prewarm warm (CLI)', () => {
   });
 
   it('exits 4 on auth failure and 6 when the registry is unreachable', async () => {
-    const auth = await startRegistry({ auth: { htpasswd: { username: 'u', password: 'p' } } });
-    cleanup.defer(() => auth.close());
+    const auth = await startTestRegistry(cleanup, { auth: { htpasswd: { username: 'u', password: 'p' } } });
     const store = await makeTempDir('store', cleanup);
     const r = await cli(['warm', `${auth.host}/kp/x:v1`, '--store', store]);
     assert.equal(r.code, 4, r.stderr);

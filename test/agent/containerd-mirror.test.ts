@@ -31,10 +31,9 @@ import {
   pushImage,
   type RegistryHandle,
   spawnProcess,
-  startFaultProxy,
-  startRegistry,
   waitForHttp,
 } from '../harness/index.js';
+import { startProxiedRegistry } from './fixtures.js';
 
 const MiB = 1024 * 1024;
 const amd64 = { os: 'linux', architecture: 'amd64' };
@@ -56,10 +55,7 @@ let warmer: ImageWarmer;
 let installer: HostsTomlInstaller;
 
 before(async () => {
-  registry = await startRegistry();
-  cleanup.defer(() => registry.close());
-  proxy = await startFaultProxy({ upstream: registry });
-  cleanup.defer(() => proxy.stop());
+  ({ registry, proxy } = await startProxiedRegistry(cleanup));
   containerd = await startContainerd();
   cleanup.defer(() => containerd.close());
   cri = new CriImageService({ address: containerd.address });

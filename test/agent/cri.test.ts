@@ -26,8 +26,8 @@ import {
   pushImage,
   type RegistryHandle,
   startFaultProxy,
-  startRegistry,
 } from '../harness/index.js';
+import { startTestRegistry } from './fixtures.js';
 
 const MiB = 1024 * 1024;
 const cleanup = new Cleanup();
@@ -42,8 +42,7 @@ const code = (c: (typeof ErrorCodes)[keyof typeof ErrorCodes]) => (e: unknown) =
   e instanceof PrewarmError && e.code === c;
 
 before(async () => {
-  registry = await startRegistry();
-  cleanup.defer(() => registry.close());
+  registry = await startTestRegistry(cleanup);
   containerd = await startContainerd();
   cleanup.defer(() => containerd.close());
   cri = new CriImageService({ address: containerd.address });

@@ -25,7 +25,10 @@ import {
   freePort,
   type ManagedProcess,
   makeTempDir,
+  type RedisHandle,
+  type RedisOptions,
   spawnProcess,
+  startRedis,
   waitForHttp,
   waitUntil,
 } from '../harness/index.js';
@@ -37,6 +40,18 @@ export function testRedis(url: string): Redis {
   const r = new Redis(url, { maxRetriesPerRequest: null });
   r.on('error', () => undefined);
   return r;
+}
+
+/** A real Redis and a `testRedis` connection to it; both closed by `cleanup`. */
+export async function startTestRedis(
+  cleanup: Cleanup,
+  opts: RedisOptions = {},
+): Promise<{ redis: RedisHandle; conn: Redis }> {
+  const redis = await startRedis(opts);
+  cleanup.defer(() => redis.close());
+  const conn = testRedis(redis.url);
+  cleanup.defer(() => conn.disconnect());
+  return { redis, conn };
 }
 
 export interface EnqueueSpec {

@@ -22,9 +22,6 @@ import {
   pushImage,
   type RedisHandle,
   type RegistryHandle,
-  startFaultProxy,
-  startRedis,
-  startRegistry,
   waitUntil,
 } from '../harness/index.js';
 import {
@@ -33,9 +30,10 @@ import {
   metricValue,
   readJob,
   startAgent,
-  testRedis,
+  startTestRedis,
   waitForJobEnd,
 } from './daemon-fixtures.js';
+import { startProxiedRegistry } from './fixtures.js';
 
 const cleanup = new Cleanup();
 after(() => cleanup.run());
@@ -57,14 +55,8 @@ describe('unpack mode and warm-stays-warm (real containerd, Redis, registry)', (
   let mirrorPort: number;
 
   before(async () => {
-    registry = await startRegistry();
-    cleanup.defer(() => registry.close());
-    proxy = await startFaultProxy({ upstream: registry });
-    cleanup.defer(() => proxy.stop());
-    redis = await startRedis();
-    cleanup.defer(() => redis.close());
-    conn = testRedis(redis.url);
-    cleanup.defer(() => conn.disconnect());
+    ({ registry, proxy } = await startProxiedRegistry(cleanup));
+    ({ redis, conn } = await startTestRedis(cleanup));
     const containerd = await startContainerd();
     cleanup.defer(() => containerd.close());
     containerdAddress = containerd.address;

@@ -23,9 +23,6 @@ import {
   pushImage,
   type RedisHandle,
   type RegistryHandle,
-  startFaultProxy,
-  startRedis,
-  startRegistry,
   waitUntil,
 } from '../harness/index.js';
 import {
@@ -34,10 +31,11 @@ import {
   metricValue,
   readJob,
   spawnAgent,
-  testRedis,
+  startTestRedis,
   waitForJobEnd,
 } from './daemon-fixtures.js';
 import { hashFile } from './fetch-helpers.js';
+import { startProxiedRegistry } from './fixtures.js';
 
 const execFileP = promisify(execFile);
 const cleanup = new Cleanup();
@@ -75,10 +73,7 @@ describe('agent daemon process (real Redis, registry, fault proxy)', () => {
   let proxy: FaultProxyHandle;
 
   before(async () => {
-    registry = await startRegistry();
-    cleanup.defer(() => registry.close());
-    proxy = await startFaultProxy({ upstream: registry });
-    cleanup.defer(() => proxy.stop());
+    ({ registry, proxy } = await startProxiedRegistry(cleanup));
   });
 
   it('rejects invalid configuration at start, naming every problem', async () => {
@@ -109,10 +104,7 @@ describe('agent daemon process (real Redis, registry, fault proxy)', () => {
     let big: PushedImage;
 
     before(async () => {
-      redis = await startRedis({ appendonly: true });
-      cleanup.defer(() => redis.close());
-      conn = testRedis(redis.url);
-      cleanup.defer(() => conn.disconnect());
+      ({ redis, conn } = await startTestRedis(cleanup, { appendonly: true }));
       dir = await makeTempDir('daemon', cleanup);
       big = await pushImage(registry, {
         repository: 'daemon/big',
@@ -271,10 +263,7 @@ describe('agent daemon process (real Redis, registry, fault proxy)', () => {
     let mnt: string;
 
     before(async () => {
-      redis = await startRedis();
-      cleanup.defer(() => redis.close());
-      conn = testRedis(redis.url);
-      cleanup.defer(() => conn.disconnect());
+      ({ redis, conn } = await startTestRedis(cleanup));
       mnt = await makeTempDir('tmpfs', cleanup);
       await execFileP('mount', ['-t', 'tmpfs', '-o', 'size=96m', 'tmpfs', mnt]);
       cleanup.defer(() => execFileP('umount', ['-l', mnt]).then(() => undefined));

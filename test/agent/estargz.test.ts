@@ -35,10 +35,9 @@ import {
   pushBuiltImage,
   pushImage,
   type RegistryHandle,
-  startFaultProxy,
-  startRegistry,
 } from '../harness/index.js';
 import { assertStored, TEST_RETRY } from './fetch-helpers.js';
+import { startProxiedRegistry } from './fixtures.js';
 
 const cleanup = new Cleanup();
 after(() => cleanup.run());
@@ -191,10 +190,7 @@ describe('startup-first warming of eStargz images (real registry)', () => {
   let two: TestImage;
 
   before(async () => {
-    registry = await startRegistry();
-    cleanup.defer(() => registry.close());
-    proxy = await startFaultProxy({ upstream: registry });
-    cleanup.defer(() => proxy.stop());
+    ({ registry, proxy } = await startProxiedRegistry(cleanup));
     two = await pushEstargz(registry, 'kp/esgz', {
       layers: [
         {
@@ -446,10 +442,7 @@ describe('startup-first warming of eStargz images (real registry)', () => {
 
 describe('fetcher priority ranges with a hold (real registry)', () => {
   it('claims only the priority ranges until the hold lifts, then completes and verifies the blob', async () => {
-    const registry = await startRegistry();
-    cleanup.defer(() => registry.close());
-    const proxy = await startFaultProxy({ upstream: registry });
-    cleanup.defer(() => proxy.stop());
+    const { registry, proxy } = await startProxiedRegistry(cleanup);
     const img = await pushImage(registry, {
       repository: 'kp/prio',
       tag: 'v1',

@@ -15,11 +15,10 @@ import {
   type PushedImage,
   pushImage,
   type RegistryHandle,
-  startFaultProxy,
-  startRegistry,
   startTokenServer,
 } from '../harness/index.js';
 import { assertStored, warmImage } from './fetch-helpers.js';
+import { startProxiedRegistry, startTestRegistry } from './fixtures.js';
 
 const cleanup = new Cleanup();
 after(() => cleanup.run());
@@ -48,10 +47,7 @@ describe('fetcher against a real registry (anonymous)', () => {
   let proxy: FaultProxyHandle;
   let oci: PushedImage;
   before(async () => {
-    registry = await startRegistry();
-    cleanup.defer(() => registry.close());
-    proxy = await startFaultProxy({ upstream: registry });
-    cleanup.defer(() => proxy.stop());
+    ({ registry, proxy } = await startProxiedRegistry(cleanup));
     oci = await pushImage(registry, {
       repository: 'kp/oci',
       tag: 'v1',
@@ -192,10 +188,9 @@ describe('fetcher against a real registry (anonymous)', () => {
   });
 
   it('follows blob redirects without sending Authorization to the other origin', async () => {
-    const auth = await startRegistry({ auth: { htpasswd: { username: 'alice', password: 's3cret' } } });
-    cleanup.defer(() => auth.close());
-    const p = await startFaultProxy({ upstream: auth });
-    cleanup.defer(() => p.stop());
+    const { registry: auth, proxy: p } = await startProxiedRegistry(cleanup, {
+      auth: { htpasswd: { username: 'alice', password: 's3cret' } },
+    });
     const img = await pushImage(auth, {
       repository: 'kp/redir',
       tag: 'v1',
@@ -233,10 +228,7 @@ describe('fetcher against a real registry (anonymous)', () => {
   });
 
   it('resumes after the registry dies mid-download, fetching only the missing ranges', async () => {
-    const reg = await startRegistry();
-    cleanup.defer(() => reg.close());
-    const p = await startFaultProxy({ upstream: reg });
-    cleanup.defer(() => p.stop());
+    const { registry: reg, proxy: p } = await startProxiedRegistry(cleanup);
     const size = 64 * MiB;
     const img = await pushImage(reg, {
       repository: 'kp/resume',
@@ -273,8 +265,9 @@ describe('fetcher against a real registry (anonymous)', () => {
 
 describe('fetcher with registry auth', () => {
   it('uses basic auth from credentials and rejects missing or wrong ones with PW_ERR_AUTH_DENIED', async () => {
-    const reg = await startRegistry({ auth: { htpasswd: { username: 'bob', password: 'pw-basic' } } });
-    cleanup.defer(() => reg.close());
+    const reg = await startTestRegistry(cleanup, {
+      auth: { htpasswd: { username: 'bob', password: 'pw-basic' } },
+    });
     const img = await pushImage(reg, {
       repository: 'kp/basic',
       tag: 'v1',
@@ -300,8 +293,7 @@ describe('fetcher with registry auth', () => {
       users: { pusher: { password: 'push-pw', actions: ['pull', 'push'] }, reader: { password: 'read-pw' } },
     });
     cleanup.defer(() => token.stop());
-    const reg = await startRegistry({ auth: { token } });
-    cleanup.defer(() => reg.close());
+    const reg = await startTestRegistry(cleanup, { auth: { token } });
     const img = await pushImage(reg, {
       repository: 'kp/token',
       tag: 'v1',

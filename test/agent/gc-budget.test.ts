@@ -15,10 +15,9 @@ import {
   pushImage,
   type RedisHandle,
   type RegistryHandle,
-  startRedis,
-  startRegistry,
 } from '../harness/index.js';
-import { enqueue, MiB, metricValue, startAgent, testRedis, waitForJobEnd } from './daemon-fixtures.js';
+import { enqueue, MiB, metricValue, startAgent, startTestRedis, waitForJobEnd } from './daemon-fixtures.js';
+import { startTestRegistry } from './fixtures.js';
 
 const cleanup = new Cleanup();
 after(() => cleanup.run());
@@ -45,12 +44,8 @@ describe('disk budget with pins from Redis (real Redis, real registry)', () => {
   const imgs: Record<string, PushedImage> = {};
 
   before(async () => {
-    redis = await startRedis();
-    cleanup.defer(() => redis.close());
-    registry = await startRegistry();
-    cleanup.defer(() => registry.close());
-    conn = testRedis(redis.url);
-    cleanup.defer(() => conn.disconnect());
+    ({ redis, conn } = await startTestRedis(cleanup));
+    registry = await startTestRegistry(cleanup);
     for (const name of ['pinned', 'old', 'newer', 'next', 'big'])
       imgs[name] = await pushImage(registry, {
         repository: `budget/${name}`,

@@ -27,9 +27,8 @@ import {
   type PushedImage,
   pushImage,
   type RegistryHandle,
-  startFaultProxy,
-  startRegistry,
 } from '../harness/index.js';
+import { startProxiedRegistry } from './fixtures.js';
 
 const MiB = 1024 * 1024;
 const amd64 = { os: 'linux', architecture: 'amd64' };
@@ -97,10 +96,7 @@ let docker: PushedImage;
 let multi: PushedImage;
 
 before(async () => {
-  registry = await startRegistry();
-  cleanup.defer(() => registry.close());
-  proxy = await startFaultProxy({ upstream: registry });
-  cleanup.defer(() => proxy.stop());
+  ({ registry, proxy } = await startProxiedRegistry(cleanup));
   const dir = await makeTempDir('mirror-store', cleanup);
   store = await new FsBlobStore(dir, { fsync: false }).init();
   client = new RegistryClient({ retry: { attempts: 2, maxDelayMs: 200 } });

@@ -15,11 +15,9 @@ import {
   pushImage,
   type RedisHandle,
   type RegistryHandle,
-  startFaultProxy,
-  startRedis,
-  startRegistry,
 } from '../harness/index.js';
-import { enqueue, MiB, startAgent, testRedis, waitForJobEnd } from './daemon-fixtures.js';
+import { enqueue, MiB, startAgent, startTestRedis, waitForJobEnd } from './daemon-fixtures.js';
+import { startProxiedRegistry } from './fixtures.js';
 
 const cleanup = new Cleanup();
 after(() => cleanup.run());
@@ -39,14 +37,8 @@ describe('peer sharing between agents', () => {
   let img: PushedImage;
 
   before(async () => {
-    redis = await startRedis();
-    cleanup.defer(() => redis.close());
-    registry = await startRegistry();
-    cleanup.defer(() => registry.close());
-    proxy = await startFaultProxy({ upstream: registry });
-    cleanup.defer(() => proxy.stop());
-    conn = testRedis(redis.url);
-    cleanup.defer(() => conn.disconnect());
+    ({ redis, conn } = await startTestRedis(cleanup));
+    ({ registry, proxy } = await startProxiedRegistry(cleanup));
     img = await pushImage(registry, {
       repository: 'peers/app',
       tag: 'v1',

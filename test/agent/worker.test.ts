@@ -14,8 +14,6 @@ import {
   pushImage,
   type RedisHandle,
   type RegistryHandle,
-  startRedis,
-  startRegistry,
 } from '../harness/index.js';
 import {
   enqueue,
@@ -23,9 +21,10 @@ import {
   metricValue,
   readJob,
   startAgent,
-  testRedis,
+  startTestRedis,
   waitForJobEnd,
 } from './daemon-fixtures.js';
+import { startTestRegistry } from './fixtures.js';
 
 const cleanup = new Cleanup();
 after(() => cleanup.run());
@@ -40,12 +39,8 @@ describe('agent worker (real Redis, real registry)', () => {
   let imgB: PushedImage;
 
   before(async () => {
-    redis = await startRedis();
-    cleanup.defer(() => redis.close());
-    registry = await startRegistry();
-    cleanup.defer(() => registry.close());
-    conn = testRedis(redis.url);
-    cleanup.defer(() => conn.disconnect());
+    ({ redis, conn } = await startTestRedis(cleanup));
+    registry = await startTestRegistry(cleanup);
     imgA = await pushImage(registry, {
       repository: 'worker/a',
       tag: 'v1',
