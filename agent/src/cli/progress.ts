@@ -28,7 +28,8 @@ export class ProgressView {
     const elapsed = performance.now() - this.#started;
     let fetched = 0;
     for (const b of p.blobs) {
-      if (!this.#baseline.has(b.digest) && (b.bytesDone > 0 || b.done)) this.#baseline.set(b.digest, b.bytesDone);
+      if (!this.#baseline.has(b.digest) && (b.bytesDone > 0 || b.done))
+        this.#baseline.set(b.digest, b.bytesDone);
       fetched += b.bytesDone - (this.#baseline.get(b.digest) ?? 0);
     }
     const rate = fetched / Math.max(0.001, elapsed / 1000);
