@@ -55,7 +55,11 @@ export class RedisPeerDirectory implements PeerDirectory {
 
   async announce(digest: Digest): Promise<void> {
     const key = this.#key(digest);
-    await this.redis.multi().sadd(key, this.opts.selfUrl).expire(key, this.opts.ttlSeconds ?? 86_400).exec();
+    await this.redis
+      .multi()
+      .sadd(key, this.opts.selfUrl)
+      .expire(key, this.opts.ttlSeconds ?? 86_400)
+      .exec();
   }
 
   async withdraw(digest: Digest): Promise<void> {
@@ -65,6 +69,7 @@ export class RedisPeerDirectory implements PeerDirectory {
 
 function score(digest: string, url: string): number {
   let h = 2166136261;
-  for (const s of [digest, url]) for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
+  for (const s of [digest, url])
+    for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
   return h >>> 0;
 }
