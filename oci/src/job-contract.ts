@@ -9,6 +9,14 @@
  * re-queued), lets the operator read per-node depth cheaply, and lets a node's backlog
  * be cancelled by removing jobs from one queue; the cost (one Redis key set per node)
  * is small next to one Pod/Job per node×image.
+ *
+ * Pins: a digest is pinned on a node while a job for it exists in that node's queue with
+ * a non-empty `owners` list, whatever the job's state. The operator is the only writer of
+ * `data` after creation: it adds owners (a second ImagePrewarm wanting the same digest)
+ * and drops them (a tag moved past `retain`, a node left the selection, an ImagePrewarm
+ * was deleted); a job left without owners is removed, which also cancels it if still
+ * pending. Completed jobs are kept (not `removeOnComplete`): they are the record that the
+ * node is warm. Agents never change `data`.
  */
 import { type Digest, digestHex } from './digest.js';
 

@@ -69,7 +69,9 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
   };
 
   before(async () => {
-    [kube, redis, registry] = await Promise.all([startKube(), startRedis(), startRegistry()]);
+    registry = await startRegistry();
+    redis = await startRedis();
+    kube = await startKube();
     cleanup.defer(() => kube.stop());
     cleanup.defer(() => redis.close());
     cleanup.defer(() => registry.close());

@@ -38,7 +38,9 @@ describe('leader election between two replicas', () => {
   const procs: ManagedProcess[] = [];
 
   before(async () => {
-    [kube, redis, registry] = await Promise.all([startKube(), startRedis(), startRegistry()]);
+    registry = await startRegistry();
+    redis = await startRedis();
+    kube = await startKube();
     cleanup.defer(() => kube.stop());
     cleanup.defer(() => redis.close());
     cleanup.defer(() => registry.close());

@@ -48,7 +48,9 @@ describe('operator restart mid-rollout', () => {
   const procs: ManagedProcess[] = [];
 
   before(async () => {
-    [kube, redis, registry] = await Promise.all([startKube(), startRedis(), startRegistry()]);
+    registry = await startRegistry();
+    redis = await startRedis();
+    kube = await startKube();
     cleanup.defer(() => kube.stop());
     cleanup.defer(() => redis.close());
     cleanup.defer(() => registry.close());

@@ -10,7 +10,8 @@ import {
   type V1Taint,
 } from '@kubernetes/client-node';
 import { GROUP, type ImagePrewarm, PLURAL, VERSION } from '../api/types.js';
-import { type InformerLogger, ResilientInformer } from './informer.js';
+import { type NodeView, nodeView } from '../reconcile/nodes.js';
+import { type ListPage, ListWatchCache, type ListWatchLogger } from './list-watch.js';
 import { apiStatus, type KubePort } from './port.js';
 
 export interface ClientNodePortOptions {
@@ -20,13 +21,13 @@ export interface ClientNodePortOptions {
 
 /** KubePort over @kubernetes/client-node 2.x. */
 export class ClientNodePort implements KubePort {
-  readonly prewarms: ResilientInformer<ImagePrewarm>;
-  readonly nodes: ResilientInformer<V1Node>;
+  readonly prewarms: ListWatchCache<ImagePrewarm, ImagePrewarm>;
+  readonly nodes: ListWatchCache<V1Node, NodeView>;
   readonly #custom: CustomObjectsApi;
   readonly #core: CoreV1Api;
   readonly #coordination: CoordinationV1Api;
 
-  constructor(kc: KubeConfig, log: InformerLogger, opts: ClientNodePortOptions = {}) {
+  constructor(kc: KubeConfig, log: ListWatchLogger, opts: ClientNodePortOptions = {}) {
     this.#custom = kc.makeApiClient(CustomObjectsApi);
     this.#core = kc.makeApiClient(CoreV1Api);
     this.#coordination = kc.makeApiClient(CoordinationV1Api);
@@ -34,27 +35,35 @@ export class ClientNodePort implements KubePort {
     const prewarmPath = ns
       ? `/apis/${GROUP}/${VERSION}/namespaces/${ns}/${PLURAL}`
       : `/apis/${GROUP}/${VERSION}/${PLURAL}`;
-    this.prewarms = new ResilientInformer<ImagePrewarm>(
-      kc,
-      prewarmPath,
-      async () =>
+    this.prewarms = new ListWatchCache<ImagePrewarm, ImagePrewarm>(kc, log, {
+      path: prewarmPath,
+      list: async (limit, cont) =>
         (ns
           ? await this.#custom.listNamespacedCustomObject({
               group: GROUP,
               version: VERSION,
               namespace: ns,
               plural: PLURAL,
+              limit,
+              ...(cont ? { _continue: cont } : {}),
             })
           : await this.#custom.listClusterCustomObject({
               group: GROUP,
               version: VERSION,
               plural: PLURAL,
-            })) as {
-          items: ImagePrewarm[];
-        },
-      log,
-    );
-    this.nodes = new ResilientInformer<V1Node>(kc, '/api/v1/nodes', () => this.#core.listNode(), log);
+              limit,
+              ...(cont ? { _continue: cont } : {}),
+            })) as ListPage<ImagePrewarm>,
+      project: (p) => p,
+      keyOf: (p) => `${p.metadata?.namespace ?? ''}/${p.metadata?.name ?? ''}`,
+    });
+    this.nodes = new ListWatchCache<V1Node, NodeView>(kc, log, {
+      path: '/api/v1/nodes',
+      list: async (limit, cont) =>
+        (await this.#core.listNode({ limit, ...(cont ? { _continue: cont } : {}) })) as ListPage<V1Node>,
+      project: nodeView,
+      keyOf: (n) => `/${n.metadata?.name ?? ''}`,
+    });
   }
 
   async patchPrewarmStatus(namespace: string, name: string, status: Record<string, unknown>): Promise<void> {

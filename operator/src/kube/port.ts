@@ -3,8 +3,9 @@
  * leader elector depend on this, not on @kubernetes/client-node, so the API surface
  * the operator needs (and its RBAC) is visible in one place.
  */
-import type { V1Lease, V1Node, V1Taint } from '@kubernetes/client-node';
+import type { V1Lease, V1Taint } from '@kubernetes/client-node';
 import type { ImagePrewarm } from '../api/types.js';
+import type { NodeView } from '../reconcile/nodes.js';
 
 /** A watched, cached collection (an informer). */
 export interface WatchedCache<T> {
@@ -34,7 +35,8 @@ export function apiStatus(err: unknown): number | undefined {
 
 export interface KubePort {
   readonly prewarms: WatchedCache<ImagePrewarm>;
-  readonly nodes: WatchedCache<V1Node>;
+  /** Nodes, projected to what selection needs (see `nodeView`). */
+  readonly nodes: WatchedCache<NodeView>;
   /** JSON merge patch of the status subresource (null deletes a field). Throws on 404. */
   patchPrewarmStatus(namespace: string, name: string, status: Record<string, unknown>): Promise<void>;
   /**

@@ -25,8 +25,36 @@ export interface BullJobQueueOptions {
   cacheLimit?: number;
 }
 
-/** Fields of BullMQ's job hash the operator reads (BullMQ's documented key layout). */
-const FIELDS = ['data', 'progress', 'returnvalue', 'failedReason', 'finishedOn', 'processedOn'] as const;
+/** `HSET key data ARGV[1]` only if the job hash exists (a removed job must not come back as a stub). */
+const SET_DATA_IF_EXISTS = `if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'data', ARGV[1]) return 1 end return 0`;
+
+/** Fields of BullMQ's job hash read on every observation (BullMQ's documented key layout). */
+const STATE_FIELDS = [
+  'timestamp',
+  'progress',
+  'returnvalue',
+  'failedReason',
+  'finishedOn',
+  'processedOn',
+] as const;
+
+/** What a job's `data` contributes to an observation. */
+export interface JobMeta {
+  owners: PrewarmOwnerRef[];
+  triggeredAt?: number;
+  trigger?: string;
+}
+
+/** The job hash fields read (null: absent). `data` may be omitted when its meta is known. */
+export interface JobHash {
+  timestamp: string | null;
+  data: string | null;
+  progress: string | null;
+  returnvalue: string | null;
+  failedReason: string | null;
+  finishedOn: string | null;
+  processedOn: string | null;
+}
 
 /**
  * JobQueue over BullMQ on one shared ioredis connection (the caller owns it).
@@ -46,6 +74,8 @@ export class BullJobQueue implements JobQueue {
   readonly #queues = new Map<string, Queue>();
   /** jobId → terminal observation, or null for "no such job". */
   readonly #cache = new Map<string, JobObservation | null>();
+  /** jobId → what the job's `data` says (owners, trigger), which only this process changes. */
+  readonly #meta = new Map<string, JobMeta>();
   /** Serialises read-modify-write of one job's data. */
   readonly #locks = new Map<string, Promise<unknown>>();
 
@@ -78,15 +108,38 @@ export class BullJobQueue implements JobQueue {
     for (let i = 0; i < toRead.length; i += CHUNK) {
       const chunk = toRead.slice(i, i + CHUNK);
       const pipe = this.#redis.pipeline();
-      for (const ref of chunk) pipe.hmget(this.#key(ref), ...FIELDS);
+      const metas = chunk.map((ref) => this.#meta.get(ref.jobId));
+      // `data` (the largest field) only when its owners are not known yet: only this
+      // process writes it after creation.
+      chunk.forEach((ref, j) => {
+        pipe.hmget(this.#key(ref), ...STATE_FIELDS, ...(metas[j] ? [] : ['data']));
+      });
       const replies = (await pipe.exec()) ?? [];
       chunk.forEach((ref, j) => {
         const [err, values] = replies[j] ?? [new Error('no reply'), null];
         if (err) throw err;
-        const obs = parseJobHash(values as (string | null)[]);
-        if (obs === undefined || obs.state === 'completed' || obs.state === 'failed')
-          this.#remember(ref.jobId, obs ?? null);
-        if (obs) out.set(ref.jobId, obs);
+        const v = values as (string | null)[];
+        const parsed = parseJobHash(
+          {
+            timestamp: v[0] ?? null,
+            progress: v[1] ?? null,
+            returnvalue: v[2] ?? null,
+            failedReason: v[3] ?? null,
+            finishedOn: v[4] ?? null,
+            processedOn: v[5] ?? null,
+            data: v[6] ?? null,
+          },
+          metas[j],
+        );
+        if (!parsed) {
+          this.#meta.delete(ref.jobId);
+          this.#remember(ref.jobId, null);
+          return;
+        }
+        this.#meta.set(ref.jobId, parsed.meta);
+        if (parsed.obs.state === 'completed' || parsed.obs.state === 'failed')
+          this.#remember(ref.jobId, parsed.obs);
+        out.set(ref.jobId, parsed.obs);
       });
     }
     return out;
@@ -94,7 +147,13 @@ export class BullJobQueue implements JobQueue {
 
   #remember(jobId: string, obs: JobObservation | null): void {
     if (this.#cache.size >= this.#opts.cacheLimit) this.#cache.clear();
+    if (this.#meta.size >= this.#opts.cacheLimit) this.#meta.clear();
     this.#cache.set(jobId, obs);
+  }
+
+  #forget(jobId: string): void {
+    this.#cache.delete(jobId);
+    this.#meta.delete(jobId);
   }
 
   async enqueue(jobs: readonly EnqueueJob[]): Promise<void> {
@@ -116,7 +175,7 @@ export class BullJobQueue implements JobQueue {
       }));
       await this.#flow.addBulk(flows);
       // Whether each id was new or a duplicate is not reported: re-read next time.
-      for (const j of batch) this.#cache.delete(j.jobId);
+      for (const j of batch) this.#forget(j.jobId);
     }
   }
 
@@ -154,51 +213,74 @@ export class BullJobQueue implements JobQueue {
     }
   }
 
+  /** The job's data, or undefined when the job does not exist. */
+  async #readData(ref: JobRef): Promise<PrewarmJobData | undefined> {
+    const raw = await this.#redis.hget(this.#key(ref), 'data');
+    if (raw === null) return undefined;
+    return (parseJson<PrewarmJobData>(raw) ?? {}) as PrewarmJobData;
+  }
+
+  /**
+   * Replaces the job's data if the job still exists (BullMQ's own updateData does the
+   * same). Only the leader writes `data`, serialised per job by `#withLock`; agents write
+   * other fields (progress, state), so no update is lost.
+   */
+  async #writeData(ref: JobRef, data: PrewarmJobData): Promise<void> {
+    await this.#redis.eval(SET_DATA_IF_EXISTS, 1, this.#key(ref), JSON.stringify(data));
+  }
+
+  /**
+   * Removes a job with BullMQ's own removal (all of its keys and set memberships), through
+   * a queue-bound backend view that costs no Redis round trip to create. 1 = removed,
+   * 0 = locked by an agent.
+   */
+  #remove(ref: JobRef): Promise<number> {
+    return this.#flow.getBackend().forQueue(nodeQueueName(ref.node), QUEUE_PREFIX).remove(ref.jobId, false);
+  }
+
   addOwner(ref: JobRef, owner: PrewarmOwnerRef): Promise<void> {
     return this.#withLock(ref.jobId, async () => {
-      const job = await Job.fromId<PrewarmJobData>(this.#queue(ref.node), ref.jobId);
-      this.#cache.delete(ref.jobId);
-      if (!job) return;
-      const owners = ownersOf(job.data);
+      this.#forget(ref.jobId);
+      const data = await this.#readData(ref);
+      if (!data) return;
+      const owners = ownersOf(data);
       if (owners.some((o) => o.uid === owner.uid)) return;
-      await job.updateData({ ...job.data, owners: [...owners, owner] });
+      await this.#writeData(ref, { ...data, owners: [...owners, owner] });
     });
   }
 
   unpin(ref: JobRef, ownerUid: string): Promise<UnpinOutcome> {
     return this.#withLock(ref.jobId, async () => {
-      const queue = this.#queue(ref.node);
-      const job = await Job.fromId<PrewarmJobData>(queue, ref.jobId);
-      this.#cache.delete(ref.jobId);
-      if (!job) return 'missing';
-      const owners = ownersOf(job.data);
+      this.#forget(ref.jobId);
+      const data = await this.#readData(ref);
+      if (!data) return 'missing';
+      const owners = ownersOf(data);
       const rest = owners.filter((o) => o.uid !== ownerUid);
       if (rest.length > 0) {
-        if (rest.length !== owners.length) await job.updateData({ ...job.data, owners: rest });
+        if (rest.length !== owners.length) await this.#writeData(ref, { ...data, owners: rest });
         return 'owner-dropped';
       }
-      if ((await queue.remove(ref.jobId)) === 1) return 'removed';
+      if ((await this.#remove(ref)) === 1) return 'removed';
       // Locked by an agent: empty the owners so nothing pins it; removed once it finishes.
-      await job.updateData({ ...job.data, owners: [] });
+      await this.#writeData(ref, { ...data, owners: [] });
       return 'active-orphan';
     });
   }
 
   removeIfOrphan(ref: JobRef): Promise<boolean> {
     return this.#withLock(ref.jobId, async () => {
-      const queue = this.#queue(ref.node);
-      const job = await Job.fromId<PrewarmJobData>(queue, ref.jobId);
-      this.#cache.delete(ref.jobId);
-      if (!job) return true;
-      if (ownersOf(job.data).length > 0) return true;
-      return (await queue.remove(ref.jobId)) === 1;
+      this.#forget(ref.jobId);
+      const data = await this.#readData(ref);
+      if (!data) return true;
+      if (ownersOf(data).length > 0) return true;
+      return (await this.#remove(ref)) === 1;
     });
   }
 
   retry(ref: JobRef): Promise<void> {
     return this.#withLock(ref.jobId, async () => {
       const job = await Job.fromId<PrewarmJobData>(this.#queue(ref.node), ref.jobId);
-      this.#cache.delete(ref.jobId);
+      this.#forget(ref.jobId);
       if (!job?.finishedOn || job.returnvalue) return;
       await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
     });
@@ -206,6 +288,7 @@ export class BullJobQueue implements JobQueue {
 
   invalidate(): void {
     this.#cache.clear();
+    this.#meta.clear();
   }
 
   async close(): Promise<void> {
@@ -225,29 +308,41 @@ function parseJson<T>(s: string | null): T | undefined {
 }
 
 /**
- * Derives a job's state from its hash: `finishedOn` marks a final state (completed when a
- * return value is stored, else failed); `processedOn` without it means an agent took it
- * (or it is waiting to retry after a failed attempt: both count as in flight).
+ * Derives a job's state from its hash: no `timestamp` means no job; `finishedOn` marks a
+ * final state (completed when a return value is stored, else failed); `processedOn`
+ * without it means an agent took it (or it waits to retry after a failed attempt: both
+ * count as in flight). `meta` stands in for `data` when given.
  */
-export function parseJobHash(values: readonly (string | null)[]): JobObservation | undefined {
-  const [data, progress, returnvalue, failedReason, finishedOn, processedOn] = values;
-  if (data === null || data === undefined) return undefined;
-  const parsed = parseJson<Partial<PrewarmJobData>>(data);
-  const owners = ownersOf(parsed);
-  const prog = parseJson<PrewarmJobProgress | number>(progress ?? null);
-  const result = parseJson<PrewarmJobResult>(returnvalue ?? null);
-  const finished = finishedOn ? Number(finishedOn) : undefined;
+export function parseJobHash(h: JobHash, meta?: JobMeta): { obs: JobObservation; meta: JobMeta } | undefined {
+  if (h.timestamp === null && h.data === null) return undefined;
+  let m = meta;
+  if (!m) {
+    const parsed = parseJson<Partial<PrewarmJobData>>(h.data);
+    m = {
+      owners: ownersOf(parsed),
+      ...(typeof parsed?.triggeredAt === 'number' ? { triggeredAt: parsed.triggeredAt } : {}),
+      ...(typeof parsed?.trigger === 'string' ? { trigger: parsed.trigger } : {}),
+    };
+  }
+  const finished = h.finishedOn ? Number(h.finishedOn) : undefined;
   let state: JobObservation['state'];
-  if (finished !== undefined) state = result !== undefined && returnvalue !== 'null' ? 'completed' : 'failed';
-  else state = processedOn ? 'active' : 'pending';
-  return {
+  if (finished !== undefined)
+    state = h.returnvalue !== null && h.returnvalue !== 'null' ? 'completed' : 'failed';
+  else state = h.processedOn ? 'active' : 'pending';
+  const prog =
+    state === 'active' || state === 'pending'
+      ? parseJson<PrewarmJobProgress | number>(h.progress)
+      : undefined;
+  const result = state === 'completed' ? parseJson<PrewarmJobResult>(h.returnvalue) : undefined;
+  const obs: JobObservation = {
     state,
-    owners,
+    owners: m.owners,
     ...(prog !== undefined && typeof prog === 'object' ? { progress: prog } : {}),
-    ...(state === 'completed' && result ? { result } : {}),
-    ...(state === 'failed' && failedReason ? { failedReason } : {}),
+    ...(result ? { result } : {}),
+    ...(state === 'failed' && h.failedReason ? { failedReason: h.failedReason } : {}),
     ...(finished !== undefined ? { finishedOn: finished } : {}),
-    ...(typeof parsed?.triggeredAt === 'number' ? { triggeredAt: parsed.triggeredAt } : {}),
-    ...(typeof parsed?.trigger === 'string' ? { trigger: parsed.trigger } : {}),
+    ...(m.triggeredAt !== undefined ? { triggeredAt: m.triggeredAt } : {}),
+    ...(m.trigger !== undefined ? { trigger: m.trigger } : {}),
   };
+  return { obs, meta: m };
 }

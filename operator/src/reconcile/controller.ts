@@ -13,7 +13,6 @@
  * Redis by the first reconcile of each key.
  */
 import { createHash } from 'node:crypto';
-import type { V1Node } from '@kubernetes/client-node';
 import { parseDockerConfig, StaticCredentials } from '../../../oci/src/auth.js';
 import type { Digest } from '../../../oci/src/digest.js';
 import { isPrewarmError } from '../../../oci/src/errors.js';
@@ -35,7 +34,7 @@ import { errFields, type Logger } from '../logger.js';
 import type { OperatorMetrics } from '../metrics.js';
 import type { JobQueue } from '../queue/job-queue.js';
 import type { Credentials, Resolver } from '../resolve/resolver.js';
-import { exclusion, isStartupTaint, type NodeView, nodeView, selectNodes } from './nodes.js';
+import { exclusion, isStartupTaint, type NodeView, selectNodes } from './nodes.js';
 import {
   type JobRef,
   jobRefsToObserve,
@@ -78,6 +77,8 @@ interface Written {
 }
 
 const P = 'p/';
+/** Job mutations (unpin, owners, retry) in flight at once; each is a couple of Redis round trips. */
+const MUTATION_CONCURRENCY = 64;
 const N = 'n/';
 
 export class PrewarmController {
@@ -129,13 +130,11 @@ export class PrewarmController {
     this.#kube.nodes.onChange((n) => this.#onNode(n));
   }
 
-  #onNode(n: V1Node): void {
+  #onNode(n: NodeView): void {
     if (!this.#running) return;
     // Any node change may change any selection: enqueue every ImagePrewarm (deduplicated).
     for (const p of this.#kube.prewarms.list()) this.#queue.add(P + prewarmKey(p));
-    if ((n.spec?.taints ?? []).some((t) => isStartupTaint({ key: t.key, effect: t.effect }))) {
-      this.#queue.add(N + (n.metadata?.name ?? ''));
-    }
+    if (n.gated) this.#queue.add(N + n.name);
   }
 
   /**
@@ -168,11 +167,7 @@ export class PrewarmController {
 
   #enqueueAll(): void {
     for (const p of this.#kube.prewarms.list()) this.#queue.add(P + prewarmKey(p));
-    for (const n of this.#kube.nodes.list()) {
-      if ((n.spec?.taints ?? []).some((t) => isStartupTaint({ key: t.key, effect: t.effect }))) {
-        this.#queue.add(N + (n.metadata?.name ?? ''));
-      }
-    }
+    for (const n of this.#kube.nodes.list()) if (n.gated) this.#queue.add(N + n.name);
   }
 
   /**
@@ -252,12 +247,9 @@ export class PrewarmController {
     const status = cr.status ?? {};
     const now = Date.now();
     const log = this.#log.child({ prewarm: key });
-    const nodes = this.#kube.nodes.list().map(nodeView);
+    const nodes = this.#kube.nodes.list();
     const nodeCreatedAt = new Map<string, number>();
-    for (const n of this.#kube.nodes.list()) {
-      const t = n.metadata?.creationTimestamp;
-      if (n.metadata?.name && t) nodeCreatedAt.set(n.metadata.name, new Date(t).getTime());
-    }
+    for (const n of nodes) if (n.createdAt !== undefined) nodeCreatedAt.set(n.name, n.createdAt);
     const problems: { reason: string; message: string }[] = [];
 
     // Triggers: schedule, refresh annotation, push events (taken now; consumed on success).
@@ -418,21 +410,22 @@ export class PrewarmController {
       },
     });
 
-    // Apply. Unpins first: if anything below fails, the old status (still naming the
-    // dropped digests) makes the next attempt unpin them again.
-    for (const ref of p.unpin) {
-      const outcome = await this.#jobs.unpin(ref, owner.uid);
-      if (outcome === 'active-orphan') this.#orphans.set(ref.jobId, ref);
-    }
-    await this.#sweepOrphans();
-    for (const ref of p.addOwner) await this.#jobs.addOwner(ref, owner);
-    for (const ref of p.retry) await this.#jobs.retry(ref);
+    // Apply. New jobs first: push → enqueued is the latency that matters. The status is
+    // written last: if anything here fails, the old status (still naming dropped digests)
+    // and the untouched triggers make the retry do it all again, idempotently.
     if (p.enqueue.length > 0) {
       await this.#jobs.enqueue(p.enqueue);
       for (const j of p.enqueue)
         this.#metrics.jobsEnqueued.inc({ trigger: j.data.trigger.split(':')[0] ?? 'spec' });
       log.info({ jobs: p.enqueue.length }, 'jobs enqueued');
     }
+    await eachLimited(p.unpin, MUTATION_CONCURRENCY, async (ref) => {
+      const outcome = await this.#jobs.unpin(ref, owner.uid);
+      if (outcome === 'active-orphan') this.#orphans.set(ref.jobId, ref);
+    });
+    await this.#sweepOrphans();
+    await eachLimited(p.addOwner, MUTATION_CONCURRENCY, (ref) => this.#jobs.addOwner(ref, owner));
+    await eachLimited(p.retry, MUTATION_CONCURRENCY, (ref) => this.#jobs.retry(ref));
     this.#recordLedger(key, p.inFlightByRegistry, jobs, p.enqueue.length);
     this.#recordCompletions(p.completed, jobs);
 
@@ -633,17 +626,16 @@ export class PrewarmController {
     const digests = new Set<Digest>();
     for (const s of cr.status?.images ?? []) for (const d of pinnedDigests(s)) digests.add(d);
     for (const img of cr.spec.images ?? []) if (img.digest) digests.add(img.digest as Digest);
-    const nodes = this.#kube.nodes.list().map(nodeView);
+    const nodes = this.#kube.nodes.list();
     const refs = jobRefsToObserve([dropOnly([...digests])], nodes, ['cache', 'unpack']);
     const jobs = await this.#jobs.observe(refs);
     let removed = 0;
-    for (const ref of refs) {
-      const obs = jobs.get(ref.jobId);
-      if (!obs?.owners.some((o) => o.uid === owner.uid)) continue;
+    const owned = refs.filter((ref) => jobs.get(ref.jobId)?.owners.some((o) => o.uid === owner.uid));
+    await eachLimited(owned, MUTATION_CONCURRENCY, async (ref) => {
       const outcome = await this.#jobs.unpin(ref, owner.uid);
       if (outcome === 'removed') removed++;
       if (outcome === 'active-orphan') this.#orphans.set(ref.jobId, ref);
-    }
+    });
     await this.#kube.setPrewarmFinalizers(
       cr.metadata.namespace,
       cr.metadata.name,
@@ -671,11 +663,7 @@ export class PrewarmController {
     this.#resolveFailures.delete(key);
     this.#clearGauges(key);
     // Gated nodes this ImagePrewarm held may be free now.
-    for (const n of this.#kube.nodes.list()) {
-      if ((n.spec?.taints ?? []).some((t) => isStartupTaint({ key: t.key, effect: t.effect }))) {
-        this.#queue.add(N + (n.metadata?.name ?? ''));
-      }
-    }
+    for (const n of this.#kube.nodes.list()) if (n.gated) this.#queue.add(N + n.name);
   }
 
   /**
@@ -684,10 +672,8 @@ export class PrewarmController {
    * gating ImagePrewarm targets is released at once (nothing to wait for).
    */
   async #reconcileNode(name: string): Promise<number | undefined> {
-    const node = this.#kube.nodes.get(name);
-    if (!node) return undefined;
-    const view = nodeView(node);
-    if (!view.gated) return undefined;
+    const view = this.#kube.nodes.get(name);
+    if (!view?.gated) return undefined;
     // Only a Ready node is targeted; its readiness change brings the key back.
     if (!view.ready) return undefined;
     const gating = this.#kube.prewarms
@@ -705,12 +691,30 @@ export class PrewarmController {
       }
       if (w.nodes.get(name) !== 'warm') return undefined;
     }
-    const taints = (node.spec?.taints ?? []).filter((t) => !isStartupTaint({ key: t.key, effect: t.effect }));
-    await this.#kube.setNodeTaints(name, taints, node.metadata?.resourceVersion ?? '');
+    const taints = view.taints
+      .filter((t) => !isStartupTaint(t))
+      .map((t) => ({ key: t.key, effect: t.effect, ...(t.value !== undefined ? { value: t.value } : {}) }));
+    await this.#kube.setNodeTaints(name, taints, view.resourceVersion ?? '');
     this.#metrics.gateReleases.inc();
     this.#log.info({ node: name, gatedBy: gating.map(prewarmKey) }, 'startup taint removed: images warm');
     return undefined;
   }
+}
+
+/** Runs `fn` over `items` with at most `limit` running at once; rejects with the first error. */
+async function eachLimited<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<unknown>,
+): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const item = items[next++]!;
+      await fn(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 function splitKey(key: string): [string, string] {

@@ -36,9 +36,16 @@ export interface NodeView {
   platform: Platform;
   /** Carries the startup taint (`kube-prewarm.io/warming:NoSchedule`). */
   gated: boolean;
+  /** metadata.resourceVersion (guards the taint removal). */
+  resourceVersion?: string;
+  /** metadata.creationTimestamp, ms. */
+  createdAt?: number;
 }
 
-/** Slims a Node object. Platform from status.nodeInfo, falling back to the well-known labels. */
+/**
+ * Slims a Node object (the node cache keeps only this). Platform from status.nodeInfo,
+ * falling back to the well-known labels. Accepts typed objects and raw watch JSON.
+ */
 export function nodeView(node: V1Node): NodeView {
   const labels = node.metadata?.labels ?? {};
   const taints: Taint[] = (node.spec?.taints ?? []).map((t) => ({
@@ -50,6 +57,7 @@ export function nodeView(node: V1Node): NodeView {
   const os = node.status?.nodeInfo?.operatingSystem || labels['kubernetes.io/os'] || 'linux';
   const architecture = node.status?.nodeInfo?.architecture || labels['kubernetes.io/arch'] || 'amd64';
   const variant = labels[VARIANT_LABEL];
+  const created = node.metadata?.creationTimestamp;
   return {
     name: node.metadata?.name ?? '',
     labels,
@@ -58,6 +66,8 @@ export function nodeView(node: V1Node): NodeView {
     unschedulable: node.spec?.unschedulable === true,
     platform: { os, architecture, ...(variant ? { variant } : {}) },
     gated: taints.some((t) => isStartupTaint(t)),
+    ...(node.metadata?.resourceVersion ? { resourceVersion: node.metadata.resourceVersion } : {}),
+    ...(created ? { createdAt: new Date(created).getTime() } : {}),
   };
 }
 
