@@ -8,13 +8,15 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { CoreV1Api } from '@kubernetes/client-node';
 import type { Redis } from 'ioredis';
+import { StaticCredentials } from '../../oci/src/auth.js';
 import { digestHex } from '../../oci/src/digest.js';
 import { prewarmJobId } from '../../oci/src/job-contract.js';
 import { REFRESH_ANNOTATION, STARTUP_TAINT_EFFECT, STARTUP_TAINT_KEY } from '../../operator/src/api/types.js';
 import { pushImage } from '../harness/images.js';
 import { type KubeHandle, startKube } from '../harness/kube.js';
-import { createNode, patchNode, readNode } from '../harness/kube-nodes.js';
+import { createNode, deleteNode, patchNode, readNode } from '../harness/kube-nodes.js';
 import { type RedisHandle, startRedis } from '../harness/redis.js';
 import { type RegistryHandle, startRegistry } from '../harness/registry.js';
 import { Cleanup, makeTempDir } from '../harness/tmp.js';
@@ -228,6 +230,15 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
     await eventually('web 4/4 again', async () => (await api.get('web'))?.status?.warm === '4/4');
   });
 
+  test('a deleted node leaves nothing behind in Redis', async () => {
+    const keys = () => readerConn.keys('kprw:node.n6:*');
+    assert.ok((await keys()).length > 0, 'n6 has a queue');
+    await stopAgent('n6');
+    await deleteNode(kube.kc, 'n6');
+    await eventually('n6 queue dropped', async () => (await keys()).length === 0);
+    await eventually('web back to 3/3', async () => (await api.get('web'))?.status?.warm === '3/3');
+  });
+
   test('deleting the ImagePrewarm removes its pending jobs and releases the finalizer', async () => {
     // No agents on pool b: jobs stay pending.
     await stopAgent('n4');
@@ -302,7 +313,10 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
     const second = (await push('sched', 'latest')).digest;
     const p = await eventually('cron on second', async () => {
       const got = await api.get('cron');
-      return got?.status?.images?.[0]?.digest === second && got.status.images[0].warmNodes === 4
+      const img = got?.status?.images?.[0];
+      return img?.digest === second &&
+        img.warmNodes === img.targetNodes &&
+        condition(got, 'Ready')?.status === 'True'
         ? got
         : undefined;
     });
@@ -462,6 +476,59 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
     assert.equal(maxActive, 1);
   });
 
+  test('pull secrets: the operator resolves with them and hands them to the agents', async () => {
+    const creds = { username: 'puller', password: 'a-long-enough-password' };
+    const secured = await startRegistry({ auth: { htpasswd: creds } });
+    cleanup.defer(() => secured.close());
+    const image = await pushImage(secured, {
+      repository: 'private',
+      tag: 'v1',
+      layers: [{ files: { s: 'secret' } }],
+    });
+    const dockerconfig = {
+      auths: {
+        [secured.host]: { auth: Buffer.from(`${creds.username}:${creds.password}`).toString('base64') },
+      },
+    };
+    await kube.kc.makeApiClient(CoreV1Api).createNamespacedSecret({
+      namespace: 'default',
+      body: {
+        metadata: { name: 'regcred' },
+        type: 'kubernetes.io/dockerconfigjson',
+        data: { '.dockerconfigjson': Buffer.from(JSON.stringify(dockerconfig)).toString('base64') },
+      },
+    });
+    startAgent('s1', { credentials: new StaticCredentials().set(secured.host, creds) });
+    await createNode(kube.kc, { name: 's1', labels: { pool: 's' } });
+    await api.create('private', {
+      images: [{ repository: `${secured.host}/private`, tag: 'v1' }],
+      nodeSelector: { pool: 's' },
+      pullSecrets: [{ name: 'regcred' }],
+    });
+    const p = await eventually('private Ready', async () => {
+      const got = await api.get('private');
+      return condition(got, 'Ready')?.status === 'True' ? got : undefined;
+    });
+    assert.equal(p.status?.images?.[0]?.digest, image.digest);
+    const job = await reader.job('s1', prewarmJobId(asDigest(image.digest), 's1', 'cache'));
+    assert.deepEqual(job?.data.pullSecrets, ['default/regcred']);
+
+    // Without the secret the registry refuses the operator, and the status says so.
+    await api.create('nosecret', {
+      images: [{ repository: `${secured.host}/private`, tag: 'v1' }],
+      nodeSelector: { pool: 's' },
+      pullSecrets: [{ name: 'missing' }],
+    });
+    const bad = await eventually('nosecret Degraded', async () => {
+      const got = await api.get('nosecret');
+      return condition(got, 'Degraded')?.status === 'True' ? got : undefined;
+    });
+    assert.equal(condition(bad, 'Ready')?.reason, 'ResolveFailed');
+    assert.match(condition(bad, 'Degraded')?.message ?? '', /PW_ERR_AUTH_DENIED/);
+    assert.match(condition(bad, 'Degraded')?.message ?? '', /secret default\/missing not found/);
+    await api.remove('nosecret');
+  });
+
   test('metrics are served', async () => {
     const text = await op.metrics.metrics();
     for (const name of [
@@ -474,6 +541,11 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
     ]) {
       assert.ok(text.includes(name), name);
     }
-    assert.match(text, /kprw_nodes_warm\{namespace="default",prewarm="web",image="[^"]+app:v1"\} 4/);
+    const warm = (await api.get('web'))?.status?.images?.[0]?.warmNodes;
+    assert.equal(warm, 3);
+    assert.match(
+      text,
+      new RegExp(`kprw_nodes_warm\\{namespace="default",prewarm="web",image="[^"]+app:v1"\\} ${warm}`),
+    );
   });
 });

@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CoordinationV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
+import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import type { Digest } from '../../oci/src/digest.js';
 import { nodeQueueName, type PrewarmJobData, QUEUE_PREFIX } from '../../oci/src/job-contract.js';
@@ -20,7 +21,7 @@ import {
   VERSION,
 } from '../../operator/src/api/types.js';
 import { ClientNodePort } from '../../operator/src/kube/client-node-port.js';
-import { silentLogger } from '../../operator/src/logger.js';
+import { type Logger, silentLogger } from '../../operator/src/logger.js';
 import { Operator, type OperatorOptions } from '../../operator/src/operator.js';
 import { Resolver } from '../../operator/src/resolve/resolver.js';
 import { REPO_ROOT } from '../harness/kube.js';
@@ -165,7 +166,9 @@ export async function startOperator(
   const redis = redisConnection(redisUrl);
   const metrics = new Registry();
   const resolver = new Resolver();
-  const log = silentLogger();
+  // KPRW_TEST_LOG=debug shows the operator's logs on stderr when a test needs debugging.
+  const level = process.env.KPRW_TEST_LOG;
+  const log: Logger = level ? pino({ level }, pino.destination(2)) : silentLogger();
   const operator = new Operator(
     { kube: new ClientNodePort(kc, log), redis, resolver, log, metrics },
     {

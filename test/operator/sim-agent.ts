@@ -11,6 +11,7 @@ import { mkdir, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Job, UnrecoverableError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { CredentialProvider } from '../../oci/src/auth.js';
 import { RegistryClient } from '../../oci/src/client.js';
 import { digestHex } from '../../oci/src/digest.js';
 import { ErrorCodes, isPrewarmError } from '../../oci/src/errors.js';
@@ -38,6 +39,8 @@ export interface SimAgentOptions {
   failWith?: (data: PrewarmJobData) => string | undefined;
   /** Waits this long (ms) per blob before fetching, to keep jobs in flight for a while. */
   blobDelayMs?: number;
+  /** Registry credentials (what the agent would read from the job's pull secrets). */
+  credentials?: CredentialProvider;
   /** Called when a job starts (before any fetch). */
   onStart?: (job: Job<PrewarmJobData>) => void | Promise<void>;
   /** Called when the processor is about to return or throw (before BullMQ records the outcome). */
@@ -50,11 +53,15 @@ export class SimAgent {
   readonly processed = new Map<string, number>();
   readonly started = new Map<string, number>();
   readonly #worker: Worker<PrewarmJobData, PrewarmJobResult>;
-  readonly #client = new RegistryClient({ retry: { attempts: 2, baseDelayMs: 50 } });
+  readonly #client: RegistryClient;
   readonly #conn: Redis;
 
   constructor(opts: SimAgentOptions) {
     this.node = opts.node;
+    this.#client = new RegistryClient({
+      retry: { attempts: 2, baseDelayMs: 50 },
+      ...(opts.credentials ? { credentials: opts.credentials } : {}),
+    });
     this.#conn = opts.connection();
     this.#conn.on('error', () => {
       // Reconnect noise after Redis stops at teardown.

@@ -113,6 +113,10 @@ export class MemoryKubePort implements KubePort {
     );
   }
 
+  deleteNode(name: string): void {
+    this.nodes.delete(name);
+  }
+
   /** Deletes as the apiserver does: with finalizers, only marks it for deletion. */
   deletePrewarm(namespace: string, name: string): void {
     const p = this.prewarms.get(name, namespace);

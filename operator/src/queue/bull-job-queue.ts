@@ -286,6 +286,29 @@ export class BullJobQueue implements JobQueue {
     });
   }
 
+  async dropNode(node: string): Promise<void> {
+    const name = nodeQueueName(node);
+    const cached = this.#queues.get(name);
+    this.#queues.delete(name);
+    const q =
+      cached ??
+      new Queue(name, {
+        connection: this.#redis,
+        prefix: QUEUE_PREFIX,
+        skipVersionCheck: true,
+        skipMetasUpdate: true,
+      });
+    try {
+      // force: also when jobs are active (the node's agent is gone with the node).
+      await q.obliterate({ force: true });
+    } finally {
+      await q.close().catch(() => undefined);
+    }
+    const suffix = `.${node}.`;
+    for (const id of [...this.#cache.keys()]) if (id.includes(suffix)) this.#forget(id);
+    for (const id of [...this.#meta.keys()]) if (id.includes(suffix)) this.#meta.delete(id);
+  }
+
   invalidate(): void {
     this.#cache.clear();
     this.#meta.clear();

@@ -37,6 +37,11 @@ export interface JobQueue {
   removeIfOrphan(ref: JobRef): Promise<boolean>;
   /** Moves a failed job back to waiting (attempts start over). */
   retry(ref: JobRef): Promise<void>;
+  /**
+   * Deletes a node's whole queue (every job, any state): called once the Node object is
+   * gone, so departed nodes leave nothing behind in Redis.
+   */
+  dropNode(node: string): Promise<void>;
   /** Forgets cached job states (after gaining leadership another replica may have written). */
   invalidate(): void;
   close(): Promise<void>;

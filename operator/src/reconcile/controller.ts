@@ -5,8 +5,9 @@
  * objects and the job states and converges. An error is retried with backoff; a problem
  * that retrying cannot fix (bad schedule, missing tag) is written as a condition.
  *
- * Two key kinds share one work queue: `p/<namespace>/<name>` (an ImagePrewarm) and
- * `n/<node>` (a startup-gated node whose taint may be removed).
+ * Three key kinds share one work queue: `p/<namespace>/<name>` (an ImagePrewarm),
+ * `n/<node>` (a startup-gated node whose taint may be removed) and `d/<node>` (a deleted
+ * node whose queue is dropped).
  *
  * In-memory state (pending triggers, the in-flight ledger, per-node warmth) is only an
  * accelerator: after a restart every value is rebuilt from the cluster, the status and
@@ -80,6 +81,8 @@ const P = 'p/';
 /** Job mutations (unpin, owners, retry) in flight at once; each is a couple of Redis round trips. */
 const MUTATION_CONCURRENCY = 64;
 const N = 'n/';
+/** A Node that was deleted: its queue is dropped. */
+const D = 'd/';
 
 export class PrewarmController {
   readonly #kube: KubePort;
@@ -134,7 +137,8 @@ export class PrewarmController {
     if (!this.#running) return;
     // Any node change may change any selection: enqueue every ImagePrewarm (deduplicated).
     for (const p of this.#kube.prewarms.list()) this.#queue.add(P + prewarmKey(p));
-    if (n.gated) this.#queue.add(N + n.name);
+    if (!this.#kube.nodes.get(n.name)) this.#queue.add(D + n.name);
+    else if (n.gated) this.#queue.add(N + n.name);
   }
 
   /**
@@ -204,7 +208,9 @@ export class PrewarmController {
     try {
       const requeue = key.startsWith(N)
         ? await this.#reconcileNode(key.slice(N.length))
-        : await this.#reconcile(key.slice(P.length));
+        : key.startsWith(D)
+          ? await this.#dropNode(key.slice(D.length))
+          : await this.#reconcile(key.slice(P.length));
       this.#queue.forget(key);
       if (requeue !== undefined) this.#queue.addAfter(key, requeue);
       this.#metrics.reconciles.inc({ result: 'ok' });
@@ -664,6 +670,14 @@ export class PrewarmController {
     this.#clearGauges(key);
     // Gated nodes this ImagePrewarm held may be free now.
     for (const n of this.#kube.nodes.list()) if (n.gated) this.#queue.add(N + n.name);
+  }
+
+  /** A deleted node: drop its queue (jobs and pins go with the node). */
+  async #dropNode(name: string): Promise<undefined> {
+    if (this.#kube.nodes.get(name)) return undefined;
+    await this.#jobs.dropNode(name);
+    this.#log.info({ node: name }, 'node deleted: its queue was dropped');
+    return undefined;
   }
 
   /**

@@ -305,6 +305,9 @@ export function plan(input: PlanInput): Plan {
     wantsByNode.set(node.name, wants);
   }
 
+  const missedNodes = new Set<string>();
+  for (const list of platformMisses.values()) for (const f of list) missedNodes.add(f.node);
+
   // Pass 1: what is already there; count nodes in flight (they hold maxParallelNodes slots).
   let nodesInFlight = 0;
   for (const node of gatedFirst) {
@@ -327,7 +330,7 @@ export function plan(input: PlanInput): Plan {
   let anyInFlight = false;
   for (const node of gatedFirst) {
     const wants = wantsByNode.get(node.name) ?? [];
-    const misses = [...platformMisses.values()].some((m) => m.some((f) => f.node === node.name));
+    const misses = missedNodes.has(node.name);
     let nodeState: NodeWarmth = misses ? 'failed' : 'warm';
     let nodeInFlight = wants.some((w) => {
       const s = input.jobs.get(w.jobId)?.state;
@@ -420,11 +423,8 @@ export function plan(input: PlanInput): Plan {
           anyInFlight = true;
       }
     }
-    if (wants.length === 0 && !misses) {
-      // Nothing resolved yet for this node: not warm.
-      if (input.images.some((i) => !i.current)) nodeState = 'pending';
-    }
-    if (input.images.some((i) => !i.current) && nodeState === 'warm') nodeState = 'pending';
+    // An image without a digest yet cannot be warm anywhere.
+    if (nodeState === 'warm' && input.images.some((i) => !i.current)) nodeState = 'pending';
     nodeWarmth.set(node.name, nodeState);
   }
 
@@ -438,8 +438,6 @@ export function plan(input: PlanInput): Plan {
       for (const name of targetedNames) keptIds.add(prewarmJobId(p.digest as Digest, name, mode));
     }
   }
-  const nodeOf = new Map<string, string>();
-  for (const n of input.nodes) nodeOf.set(n.name, n.name);
   for (const [jobId, obs] of input.jobs) {
     if (keptIds.has(jobId) || !hasOwner(obs)) continue;
     const node = jobNode(jobId);
