@@ -208,6 +208,10 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
   });
 
   test('a new matching node gets the image (onNodeJoin)', async () => {
+    // creationTimestamp has whole seconds: create the node in a later second than the
+    // resolution so it is unambiguously a join.
+    const resolvedAt = Date.parse((await api.get('web'))?.status?.images?.[0]?.resolvedAt ?? '');
+    await eventually('a second after the resolution', () => Date.now() >= resolvedAt + 1000);
     startAgent('n6');
     await createNode(kube.kc, { name: 'n6', labels: { pool: 'a' } });
     const p = await eventually('web 4/4', async () => {

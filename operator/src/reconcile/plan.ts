@@ -352,9 +352,10 @@ export function plan(input: PlanInput): Plan {
         }
         const joined = input.nodeCreatedAt?.get(node.name);
         const resolvedAt = Date.parse(w.img.current!.resolvedAt);
-        // creationTimestamp has whole seconds: a node created in the second the digest was
-        // resolved counts as joining after it.
-        const isJoin = joined !== undefined && joined >= Math.floor(resolvedAt / 1000) * 1000;
+        // creationTimestamp has whole seconds: only a node created in a later second than the
+        // resolution is known to have joined after it (the label and the histogram's start
+        // time; a node created in the same second keeps the digest's trigger).
+        const isJoin = joined !== undefined && joined > resolvedAt;
         const data: PrewarmJobData = {
           v: JOB_SCHEMA_VERSION,
           owners: [owner],
