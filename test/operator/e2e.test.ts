@@ -354,14 +354,18 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
       async () => (await api.get('gate'))?.status?.images?.[0]?.digest === image.digest,
     );
     await createNode(kube.kc, { name: 'g1', labels: { pool: 'g' }, taints: [gate] });
-    await eventually('g1 job active', () => holding);
-    // The agent holds the job: status shows it in flight and the taint is still there.
-    await eventually('status shows the rollout in progress', async () => {
-      const got = await api.get('gate');
-      return condition(got, 'Progressing')?.status === 'True' && got?.status?.warm === '0/1';
-    });
-    assert.ok((await readNode(kube.kc, 'g1')).spec?.taints?.some((t) => t.key === STARTUP_TAINT_KEY));
-    release();
+    try {
+      await eventually('g1 job active', () => holding);
+      // The agent holds the job: status shows it in flight and the taint is still there.
+      await eventually('status shows the rollout in progress', async () => {
+        const got = await api.get('gate');
+        return condition(got, 'Progressing')?.status === 'True' && got?.status?.warm === '0/1';
+      });
+      assert.ok((await readNode(kube.kc, 'g1')).spec?.taints?.some((t) => t.key === STARTUP_TAINT_KEY));
+    } finally {
+      // Never leave the agent holding the job (its worker could not close).
+      release();
+    }
     await eventually('taint removed', async () => {
       const n = await readNode(kube.kc, 'g1');
       return !(n.spec?.taints ?? []).some((t) => t.key === STARTUP_TAINT_KEY);

@@ -181,7 +181,8 @@ export class SimAgent {
   }
 
   async close(): Promise<void> {
-    await this.#worker.close();
+    // force: do not wait for a job a test is holding; teardown must never hang.
+    await this.#worker.close(true);
     this.#conn.disconnect();
     await this.#client.close();
   }
