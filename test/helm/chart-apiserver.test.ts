@@ -31,7 +31,7 @@ const FULL = `${RELEASE}-kube-prewarm`;
 const FIELD_MANAGER = 'kube-prewarm-chart-test';
 const SECRET = 'a-webhook-secret-0123456789';
 
-const quietLog = { warn: () => undefined };
+const quietLog = { warn: () => undefined, debug: () => undefined };
 
 describe('the chart on a real kube-apiserver', () => {
   let kube: KubeHandle;
