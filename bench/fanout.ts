@@ -229,14 +229,14 @@ async function main(): Promise<void> {
       env: {
         PATH: process.env.PATH ?? '',
         KUBECONFIG: kube.kubeconfigPath,
-        KPRW_REDIS_URL: redisServer.url,
-        KPRW_LEASE_NAMESPACE: 'default',
-        KPRW_HTTP_HOST: '127.0.0.1',
-        KPRW_HTTP_PORT: String(port),
-        KPRW_LOG_LEVEL: 'warn',
+        KUBE_PREWARM_REDIS_URL: redisServer.url,
+        KUBE_PREWARM_LEASE_NAMESPACE: 'default',
+        KUBE_PREWARM_HTTP_HOST: '127.0.0.1',
+        KUBE_PREWARM_HTTP_PORT: String(port),
+        KUBE_PREWARM_LOG_LEVEL: 'warn',
         // Measure the push path, not the progress poller (no agents run here).
-        KPRW_PROGRESS_POLL_MS: '600000',
-        KPRW_MAX_INFLIGHT_JOBS: '1000000',
+        KUBE_PREWARM_PROGRESS_POLL_MS: '600000',
+        KUBE_PREWARM_MAX_INFLIGHT_JOBS: '1000000',
       },
     });
     await waitUntil(

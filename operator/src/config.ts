@@ -59,141 +59,141 @@ const redisUrl: Parser<string> = (raw) => {
 /** Every setting, in README order. */
 export const SETTINGS = {
   redisUrl: {
-    env: 'KPRW_REDIS_URL',
+    env: 'KUBE_PREWARM_REDIS_URL',
     default: 'redis://127.0.0.1:6379',
     description: 'Redis holding the per-node job queues and the push inbox (redis:// or rediss://).',
     parse: redisUrl,
   },
   watchNamespace: {
-    env: 'KPRW_WATCH_NAMESPACE',
+    env: 'KUBE_PREWARM_WATCH_NAMESPACE',
     default: '',
     description: 'Only watch ImagePrewarms in this namespace. Empty: all namespaces.',
     parse: str,
   },
   leaseNamespace: {
-    env: 'KPRW_LEASE_NAMESPACE',
+    env: 'KUBE_PREWARM_LEASE_NAMESPACE',
     default: 'kube-prewarm',
     description: 'Namespace of the leader-election Lease (usually the pod namespace).',
     parse: str,
   },
   leaseName: {
-    env: 'KPRW_LEASE_NAME',
+    env: 'KUBE_PREWARM_LEASE_NAME',
     default: 'kube-prewarm-operator',
     description: 'Name of the leader-election Lease.',
     parse: str,
   },
   identity: {
-    env: 'KPRW_IDENTITY',
+    env: 'KUBE_PREWARM_IDENTITY',
     default: '',
     description: "This replica's identity in the Lease. Empty: hostname plus a random suffix.",
     parse: str,
   },
   leaseDurationMs: {
-    env: 'KPRW_LEASE_DURATION_MS',
+    env: 'KUBE_PREWARM_LEASE_DURATION_MS',
     default: 15_000,
     description: 'How long a Lease is valid without renewal; a standby takes over after this.',
     parse: int(1_000),
   },
   renewDeadlineMs: {
-    env: 'KPRW_RENEW_DEADLINE_MS',
+    env: 'KUBE_PREWARM_RENEW_DEADLINE_MS',
     default: 10_000,
     description: 'The leader steps down when it could not renew for this long (< lease duration).',
     parse: int(500),
   },
   retryPeriodMs: {
-    env: 'KPRW_RETRY_PERIOD_MS',
+    env: 'KUBE_PREWARM_RETRY_PERIOD_MS',
     default: 2_000,
     description: 'How often the Lease is renewed or tried (< renew deadline).',
     parse: int(100),
   },
   httpHost: {
-    env: 'KPRW_HTTP_HOST',
+    env: 'KUBE_PREWARM_HTTP_HOST',
     default: '0.0.0.0',
     description: 'Listen address for /metrics, /healthz, /readyz and /webhooks.',
     parse: str,
   },
   httpPort: {
-    env: 'KPRW_HTTP_PORT',
+    env: 'KUBE_PREWARM_HTTP_PORT',
     default: 8080,
     description: 'Listen port (0: any free port).',
     parse: int(0, 65_535),
   },
   logLevel: {
-    env: 'KPRW_LOG_LEVEL',
+    env: 'KUBE_PREWARM_LOG_LEVEL',
     default: 'info' as 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent',
     description: 'pino log level.',
     parse: oneOf('trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'),
   },
   concurrency: {
-    env: 'KPRW_RECONCILE_CONCURRENCY',
+    env: 'KUBE_PREWARM_RECONCILE_CONCURRENCY',
     default: 4,
     description: 'ImagePrewarm reconciles running at once (never two for the same resource).',
     parse: int(1, 64),
   },
   resyncMs: {
-    env: 'KPRW_RESYNC_MS',
+    env: 'KUBE_PREWARM_RESYNC_MS',
     default: 300_000,
     description:
       'Every ImagePrewarm is reconciled at least this often (events are for speed, resync for correctness).',
     parse: int(1_000),
   },
   progressPollMs: {
-    env: 'KPRW_PROGRESS_POLL_MS',
+    env: 'KUBE_PREWARM_PROGRESS_POLL_MS',
     default: 2_000,
     description: 'While jobs are in flight, how often their state is read back from Redis into the status.',
     parse: int(100),
   },
   failedRetryAfterMs: {
-    env: 'KPRW_FAILED_RETRY_AFTER_MS',
+    env: 'KUBE_PREWARM_FAILED_RETRY_AFTER_MS',
     default: 300_000,
     description: 'A job that failed all its attempts is retried this long after it failed.',
     parse: int(1_000),
   },
   maxInFlightJobs: {
-    env: 'KPRW_MAX_INFLIGHT_JOBS',
+    env: 'KUBE_PREWARM_MAX_INFLIGHT_JOBS',
     default: 10_000,
     description: 'Cluster-wide cap on prewarm jobs pending or running, all ImagePrewarms together.',
     parse: int(1),
   },
   registryMaxInFlight: {
-    env: 'KPRW_REGISTRY_MAX_INFLIGHT',
+    env: 'KUBE_PREWARM_REGISTRY_MAX_INFLIGHT',
     default: {} as Record<string, number>,
     description: 'Per-registry cap on jobs in flight (its pull budget), as host=n[,host=n]. Empty: no cap.',
     parse: hostLimits,
   },
   registryRps: {
-    env: 'KPRW_REGISTRY_RPS',
+    env: 'KUBE_PREWARM_REGISTRY_RPS',
     default: 20,
     description: 'Operator requests per second per registry host (tag resolution, manifest reads).',
     parse: int(1),
   },
   registryBurst: {
-    env: 'KPRW_REGISTRY_BURST',
+    env: 'KUBE_PREWARM_REGISTRY_BURST',
     default: 40,
-    description: 'Burst allowance on top of KPRW_REGISTRY_RPS.',
+    description: 'Burst allowance on top of KUBE_PREWARM_REGISTRY_RPS.',
     parse: int(1),
   },
   jobAttempts: {
-    env: 'KPRW_JOB_ATTEMPTS',
+    env: 'KUBE_PREWARM_JOB_ATTEMPTS',
     default: 3,
     description: 'BullMQ attempts per job before it counts as failed.',
     parse: int(1, 100),
   },
   jobBackoffMs: {
-    env: 'KPRW_JOB_BACKOFF_MS',
+    env: 'KUBE_PREWARM_JOB_BACKOFF_MS',
     default: 5_000,
     description: 'First BullMQ retry delay of a job (doubles each attempt).',
     parse: int(0),
   },
   webhooksConfig: {
-    env: 'KPRW_WEBHOOKS_CONFIG',
+    env: 'KUBE_PREWARM_WEBHOOKS_CONFIG',
     default: '',
     description:
       'Path to a JSON or YAML file with the webhook sources and secrets (mount it from a Secret). Empty: no webhooks.',
     parse: str,
   },
   shutdownTimeoutMs: {
-    env: 'KPRW_SHUTDOWN_TIMEOUT_MS',
+    env: 'KUBE_PREWARM_SHUTDOWN_TIMEOUT_MS',
     default: 15_000,
     description: 'Graceful shutdown bound on SIGTERM; after it the process exits anyway.',
     parse: int(1_000),
@@ -225,7 +225,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): O
   const cfg = out as OperatorConfig;
   if (problems.length === 0) {
     if (!(cfg.retryPeriodMs < cfg.renewDeadlineMs && cfg.renewDeadlineMs < cfg.leaseDurationMs)) {
-      problems.push('need KPRW_RETRY_PERIOD_MS < KPRW_RENEW_DEADLINE_MS < KPRW_LEASE_DURATION_MS');
+      problems.push(
+        'need KUBE_PREWARM_RETRY_PERIOD_MS < KUBE_PREWARM_RENEW_DEADLINE_MS < KUBE_PREWARM_LEASE_DURATION_MS',
+      );
     }
   }
   if (problems.length > 0) {

@@ -53,7 +53,8 @@ const operatorEnvNames = new Set(Object.values(OPERATOR_SETTINGS).map((s) => s.e
 const agentEnvNames = new Set(Object.values(AGENT_SETTINGS).map((s) => s.env));
 
 /** Env vars a chart container sets that are not settings themselves (helpers for $(...)). */
-const HELPER_ENV = new Set(['REDIS_PASSWORD']);
+// Variables the chart sets for the runtime rather than for our config modules.
+const HELPER_ENV = new Set(['REDIS_PASSWORD', 'NODE_OPTIONS']);
 
 const container = (o: K8sObject, name: string) => {
   const c = o.spec.template.spec.containers.find((x: { name: string }) => x.name === name);
@@ -188,6 +189,7 @@ describe('default values', () => {
 
     for (const name of envNames(c))
       assert.ok(operatorEnvNames.has(name) || HELPER_ENV.has(name), `operator env ${name} is not a setting`);
+    assert.equal(c.env.find((e: { name: string }) => e.name === 'NODE_OPTIONS')?.value, '--max-old-space-size=128');
     const env = operatorEnv(objs);
     const cfg = loadOperatorConfig(env);
     assert.equal(cfg.httpPort, port, 'the probes and the Service target the port the operator listens on');
@@ -427,7 +429,9 @@ describe('external Redis', () => {
   test('urlSecret: the whole URL comes from a Secret', async () => {
     const objs = await render({ redis: { enabled: false, external: { urlSecret: 'redis-url' } } });
     const dep = one(objs, 'Deployment');
-    const v = container(dep, 'operator').env.find((e: { name: string }) => e.name === 'KPRW_REDIS_URL');
+    const v = container(dep, 'operator').env.find(
+      (e: { name: string }) => e.name === 'KUBE_PREWARM_REDIS_URL',
+    );
     assert.deepEqual(v.valueFrom.secretKeyRef, { name: 'redis-url', key: 'redis-url' });
     const facts = { 'redis-url/redis-url': 'redis://:x@10.1.2.3:6379' };
     assert.equal(loadOperatorConfig(operatorEnv(objs, facts)).redisUrl, 'redis://:x@10.1.2.3:6379');
@@ -582,7 +586,7 @@ describe('monitoring and policies', () => {
         extraEnv: { KUBE_PREWARM_CHUNK_SIZE: '8MiB', KUBE_PREWARM_CONCURRENCY: '4' },
         resources: { limits: { memory: '2Gi' } },
       },
-      operator: { extraEnv: { KPRW_RESYNC_MS: 600000 }, replicas: 1 },
+      operator: { extraEnv: { KUBE_PREWARM_RESYNC_MS: 600000 }, replicas: 1 },
     });
     const ds = one(objs, 'DaemonSet');
     assert.equal(ds.spec.template.spec.priorityClassName, 'system-node-critical');
@@ -645,9 +649,9 @@ describe('values.schema.json and template checks refuse bad values', () => {
       /invalid propertyName 'KUBE_PREWARM_NODE_NAME'/,
     ],
     [
-      'extraEnv with another binary’s prefix',
-      { operator: { extraEnv: { KUBE_PREWARM_STORE: '/x' } } },
-      /'KUBE_PREWARM_STORE' does not match pattern '\^KPRW_/,
+      'extraEnv outside the KUBE_PREWARM_ prefix',
+      { operator: { extraEnv: { STORE: '/x' } } },
+      /'STORE' does not match pattern '\^KUBE_PREWARM_/,
     ],
     ['a relative store path', { agent: { store: { hostPath: 'var/lib' } } }, /agent\/store\/hostPath/],
     ['a disk budget that is not a size', { agent: { store: { diskBudget: 'lots' } } }, /diskBudget/],

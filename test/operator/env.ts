@@ -166,8 +166,8 @@ export async function startOperator(
   const redis = redisConnection(redisUrl);
   const metrics = new Registry();
   const resolver = new Resolver();
-  // KPRW_TEST_LOG=debug shows the operator's logs on stderr when a test needs debugging.
-  const level = process.env.KPRW_TEST_LOG;
+  // KUBE_PREWARM_TEST_LOG=debug shows the operator's logs on stderr when a test needs debugging.
+  const level = process.env.KUBE_PREWARM_TEST_LOG;
   const log: Logger = level ? pino({ level }, pino.destination(2)) : silentLogger();
   const operator = new Operator(
     { kube: new ClientNodePort(kc, log), redis, resolver, log, metrics },
@@ -219,13 +219,13 @@ export async function spawnOperator(
       PATH: process.env.PATH ?? '',
       HOME: process.env.HOME ?? '/root',
       KUBECONFIG: kubeconfigPath,
-      KPRW_REDIS_URL: redisUrl,
-      KPRW_LEASE_NAMESPACE: NS,
-      KPRW_HTTP_HOST: '127.0.0.1',
-      KPRW_HTTP_PORT: '0',
-      KPRW_LOG_LEVEL: 'debug',
-      KPRW_PROGRESS_POLL_MS: '250',
-      KPRW_JOB_ATTEMPTS: '1',
+      KUBE_PREWARM_REDIS_URL: redisUrl,
+      KUBE_PREWARM_LEASE_NAMESPACE: NS,
+      KUBE_PREWARM_HTTP_HOST: '127.0.0.1',
+      KUBE_PREWARM_HTTP_PORT: '0',
+      KUBE_PREWARM_LOG_LEVEL: 'debug',
+      KUBE_PREWARM_PROGRESS_POLL_MS: '250',
+      KUBE_PREWARM_JOB_ATTEMPTS: '1',
       ...env,
     },
   });

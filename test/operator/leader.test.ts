@@ -61,18 +61,18 @@ describe('leader election between two replicas', () => {
     }
     await pushImage(registry, { repository: 'ha', tag: 'v1', layers: [{ files: { f: 'one' } }] });
     const env = {
-      KPRW_LEASE_NAME: LEASE,
-      KPRW_LEASE_DURATION_MS: String(LEASE_MS),
-      KPRW_RENEW_DEADLINE_MS: '2000',
-      KPRW_RETRY_PERIOD_MS: '500',
+      KUBE_PREWARM_LEASE_NAME: LEASE,
+      KUBE_PREWARM_LEASE_DURATION_MS: String(LEASE_MS),
+      KUBE_PREWARM_RENEW_DEADLINE_MS: '2000',
+      KUBE_PREWARM_RETRY_PERIOD_MS: '500',
     };
     const ports: Record<string, number> = { 'op-a': await freePort(), 'op-b': await freePort() };
     for (const id of ['op-a', 'op-b']) {
       procs.push(
         await spawnOperator(id, kube.kubeconfigPath, redis.url, dir, {
           ...env,
-          KPRW_IDENTITY: id,
-          KPRW_HTTP_PORT: String(ports[id]),
+          KUBE_PREWARM_IDENTITY: id,
+          KUBE_PREWARM_HTTP_PORT: String(ports[id]),
         }),
       );
     }

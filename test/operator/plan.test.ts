@@ -536,22 +536,27 @@ describe('configuration', () => {
     assert.equal(cfg.leaseDurationMs, 15_000);
     assert.match(cfg.identity, /-[a-z0-9]+$/);
     assert.deepEqual(
-      loadConfig({ KPRW_REGISTRY_MAX_INFLIGHT: 'r.io=10, 127.0.0.1:5000=2' }).registryMaxInFlight,
+      loadConfig({ KUBE_PREWARM_REGISTRY_MAX_INFLIGHT: 'r.io=10, 127.0.0.1:5000=2' }).registryMaxInFlight,
       {
         'r.io': 10,
         '127.0.0.1:5000': 2,
       },
     );
     assert.throws(
-      () => loadConfig({ KPRW_HTTP_PORT: 'x', KPRW_REDIS_URL: 'http://h', KPRW_LOG_LEVEL: 'loud' }),
+      () =>
+        loadConfig({
+          KUBE_PREWARM_HTTP_PORT: 'x',
+          KUBE_PREWARM_REDIS_URL: 'http://h',
+          KUBE_PREWARM_LOG_LEVEL: 'loud',
+        }),
       (err: Error & { code?: string }) =>
         err.code === 'PW_ERR_INVALID_CONFIG' &&
-        /KPRW_HTTP_PORT/.test(err.message) &&
-        /KPRW_REDIS_URL/.test(err.message) &&
-        /KPRW_LOG_LEVEL/.test(err.message),
+        /KUBE_PREWARM_HTTP_PORT/.test(err.message) &&
+        /KUBE_PREWARM_REDIS_URL/.test(err.message) &&
+        /KUBE_PREWARM_LOG_LEVEL/.test(err.message),
     );
     assert.throws(
-      () => loadConfig({ KPRW_LEASE_DURATION_MS: '5000', KPRW_RENEW_DEADLINE_MS: '6000' }),
+      () => loadConfig({ KUBE_PREWARM_LEASE_DURATION_MS: '5000', KUBE_PREWARM_RENEW_DEADLINE_MS: '6000' }),
       /RENEW_DEADLINE/,
     );
     const readme = readFileSync(join(REPO_ROOT, 'operator/README.md'), 'utf8');

@@ -1,7 +1,7 @@
 /**
  * The whole push path with nothing simulated but the agent: a real registry sends its
  * notification for a `skopeo` push to the operator process's webhook endpoint
- * (operator/src/main.ts with KPRW_WEBHOOKS_CONFIG), the handler calls `onPush`, the event
+ * (operator/src/main.ts with KUBE_PREWARM_WEBHOOKS_CONFIG), the handler calls `onPush`, the event
  * goes through the Redis push inbox to the leader, the tag is re-resolved and the new
  * digest rolled out.
  */
@@ -56,9 +56,9 @@ describe('registry push → webhook → operator → new digest on the nodes', (
     await writeFile(webhooksConfig, JSON.stringify({ sources: { distribution: { secrets: [secret] } } }));
     const port = await freePort();
     operator = await spawnOperator('operator', kube.kubeconfigPath, redis.url, dir, {
-      KPRW_LEASE_NAME: 'push-test',
-      KPRW_HTTP_PORT: String(port),
-      KPRW_WEBHOOKS_CONFIG: webhooksConfig,
+      KUBE_PREWARM_LEASE_NAME: 'push-test',
+      KUBE_PREWARM_HTTP_PORT: String(port),
+      KUBE_PREWARM_WEBHOOKS_CONFIG: webhooksConfig,
     });
     await eventually(
       'operator ready',

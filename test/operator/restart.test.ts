@@ -92,14 +92,14 @@ describe('operator restart mid-rollout', () => {
       rollout: { maxParallelNodes: 1 },
     });
     const env = {
-      KPRW_LEASE_NAME: 'restart-test',
-      KPRW_LEASE_DURATION_MS: '3000',
-      KPRW_RENEW_DEADLINE_MS: '2000',
-      KPRW_RETRY_PERIOD_MS: '500',
+      KUBE_PREWARM_LEASE_NAME: 'restart-test',
+      KUBE_PREWARM_LEASE_DURATION_MS: '3000',
+      KUBE_PREWARM_RENEW_DEADLINE_MS: '2000',
+      KUBE_PREWARM_RETRY_PERIOD_MS: '500',
     };
     const first = await spawnOperator('operator-1', kube.kubeconfigPath, redis.url, dir, {
       ...env,
-      KPRW_IDENTITY: 'op-1',
+      KUBE_PREWARM_IDENTITY: 'op-1',
     });
     procs.push(first);
     const mid = await eventually('rollout under way', async () => {
@@ -119,8 +119,8 @@ describe('operator restart mid-rollout', () => {
     const port = await freePort();
     const second = await spawnOperator('operator-2', kube.kubeconfigPath, redis.url, dir, {
       ...env,
-      KPRW_IDENTITY: 'op-2',
-      KPRW_HTTP_PORT: String(port),
+      KUBE_PREWARM_IDENTITY: 'op-2',
+      KUBE_PREWARM_HTTP_PORT: String(port),
     });
     procs.push(second);
     const done = await eventually('rollout complete after restart', async () => {

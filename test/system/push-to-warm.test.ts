@@ -52,9 +52,9 @@ describe('push → webhook → operator → real agents → status', () => {
     await writeFile(webhooksConfig, JSON.stringify({ sources: { distribution: { secrets: [secret] } } }));
     port = await freePort();
     operator = await spawnOperator('operator', kube.kubeconfigPath, redisUrl, dir, {
-      KPRW_LEASE_NAME: 'system-test',
-      KPRW_HTTP_PORT: String(port),
-      KPRW_WEBHOOKS_CONFIG: webhooksConfig,
+      KUBE_PREWARM_LEASE_NAME: 'system-test',
+      KUBE_PREWARM_HTTP_PORT: String(port),
+      KUBE_PREWARM_WEBHOOKS_CONFIG: webhooksConfig,
     });
     cleanup.defer(async () => {
       await operator?.stop();

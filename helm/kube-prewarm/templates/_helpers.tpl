@@ -145,7 +145,7 @@ into the URL variable that the binaries read. The password must therefore be URL
 {{- end }}
 
 {{/*
-Env entries for the Redis URL under the variable name given: (list $ "KPRW_REDIS_URL").
+Env entries for the Redis URL under the variable name given: (list $ "KUBE_PREWARM_REDIS_URL").
 */}}
 {{- define "kube-prewarm.redisEnv" -}}
 {{- $root := index . 0 }}{{ $var := index . 1 }}
