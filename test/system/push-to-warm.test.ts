@@ -113,6 +113,7 @@ describe('push → webhook → operator → real agents → status', () => {
     const s = p.status!.images![0]!;
     assert.equal(s.targetNodes, 3);
     assert.equal(s.failingNodes![0]!.node, 'sys-small');
+    assert.deepEqual(s.nodePhases, { warm: 2, failed: 1 }, 'per-node phases as the agents reported them');
     assert.match(`${s.failingNodes![0]!.reason} ${s.failingNodes![0]!.message}`, /DISK_FULL|budget/i);
     assert.equal(condition(p, 'Ready')?.status, 'False');
     assert.equal(condition(p, 'Degraded')?.status, 'True');

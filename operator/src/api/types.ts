@@ -4,7 +4,7 @@
  * truth for what the apiserver accepts; these types describe what the operator reads
  * and writes. Keep them in step with the CRD.
  */
-import type { PrewarmMode } from '../../../oci/src/job-contract.js';
+import type { PrewarmMode, PrewarmPhase } from '../../../oci/src/job-contract.js';
 
 export const GROUP = 'prewarm.kube-prewarm.io';
 export const VERSION = 'v1alpha1';
@@ -119,6 +119,8 @@ export interface ImageStatus {
   warmNodes?: number;
   lastTrigger?: TriggerRecord;
   previousDigests?: DigestRecord[];
+  /** Target nodes by the phase of their job for the current digest (what the agents report). */
+  nodePhases?: Partial<Record<PrewarmPhase, number>>;
   failingNodes?: FailingNode[];
 }
 

@@ -14,6 +14,7 @@ import {
   type PrewarmJobResult,
   type PrewarmMode,
   type PrewarmOwnerRef,
+  type PrewarmPhase,
   prewarmJobId,
 } from '../../../oci/src/job-contract.js';
 import { formatPlatform } from '../../../oci/src/platform.js';
@@ -326,6 +327,12 @@ export function plan(input: PlanInput): Plan {
   // Pass 2: enqueue, own, retry.
   const failingByImage = new Map<string, FailingNode[]>();
   const warmByImage = new Map<string, number>();
+  const phasesByImage = new Map<string, Partial<Record<PrewarmPhase, number>>>();
+  const countPhase = (image: string, phase: PrewarmPhase) => {
+    const m = phasesByImage.get(image) ?? {};
+    m[phase] = (m[phase] ?? 0) + 1;
+    phasesByImage.set(image, m);
+  };
   const bytesFetchedByImage = new Map<string, number>();
   let anyInFlight = false;
   for (const node of gatedFirst) {
@@ -376,11 +383,20 @@ export function plan(input: PlanInput): Plan {
           trigger: isJoin ? 'node-join' : triggerLabel(w.img.lastTrigger),
         };
         enqueue.push({ node: node.name, jobId: w.jobId, data });
+        countPhase(w.img.name, 'queued');
         inFlightByRegistry.set(w.img.registry, (inFlightByRegistry.get(w.img.registry) ?? 0) + 1);
         anyInFlight = true;
         continue;
       }
       if (!hasOwner(obs)) addOwner.push({ node: node.name, jobId: w.jobId });
+      countPhase(
+        w.img.name,
+        obs.state === 'completed'
+          ? (obs.result?.phase ?? 'warm')
+          : obs.state === 'failed'
+            ? 'failed'
+            : (obs.progress?.phase ?? (obs.state === 'pending' ? 'queued' : 'resolving')),
+      );
       switch (obs.state) {
         case 'completed': {
           warmByImage.set(w.img.name, (warmByImage.get(w.img.name) ?? 0) + 1);
@@ -480,6 +496,7 @@ export function plan(input: PlanInput): Plan {
       warmNodes: warmByImage.get(img.name) ?? 0,
       ...(img.lastTrigger ? { lastTrigger: img.lastTrigger } : {}),
       previousDigests: img.previous,
+      nodePhases: phasesByImage.get(img.name) ?? {},
       failingNodes: failing.slice(0, options.maxFailingNodes),
     };
     return s;
