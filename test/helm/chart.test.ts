@@ -189,7 +189,10 @@ describe('default values', () => {
 
     for (const name of envNames(c))
       assert.ok(operatorEnvNames.has(name) || HELPER_ENV.has(name), `operator env ${name} is not a setting`);
-    assert.equal(c.env.find((e: { name: string }) => e.name === 'NODE_OPTIONS')?.value, '--max-old-space-size=128');
+    assert.equal(
+      c.env.find((e: { name: string }) => e.name === 'NODE_OPTIONS')?.value,
+      '--max-old-space-size=128',
+    );
     const env = operatorEnv(objs);
     const cfg = loadOperatorConfig(env);
     assert.equal(cfg.httpPort, port, 'the probes and the Service target the port the operator listens on');
