@@ -193,10 +193,7 @@ describe('kube-prewarm warm (CLI)', () => {
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     const durable = parseJournal(await readFile(ingestJournal, 'utf8'), big.size).size;
-    const firstRun = [...proxy.stats.bytesSent].reduce(
-      (n, [p, b]) => (p.endsWith(big.digest) ? n + b : n),
-      0,
-    );
+    const firstRun = proxy.bytes(new RegExp(`${big.digest}$`));
     assert.ok(firstRun < big.size, 'killed before the end');
     proxy.resetStats();
 
@@ -211,10 +208,7 @@ describe('kube-prewarm warm (CLI)', () => {
       resumed.bytesAlreadyPresent >= durable,
       `${resumed.bytesAlreadyPresent} resumed, ${durable} were durable`,
     );
-    const secondRun = [...proxy.stats.bytesSent].reduce(
-      (n, [p, b]) => (p.endsWith(big.digest) ? n + b : n),
-      0,
-    );
+    const secondRun = proxy.bytes(new RegExp(`${big.digest}$`));
     assert.equal(
       secondRun,
       big.size - resumed.bytesAlreadyPresent,

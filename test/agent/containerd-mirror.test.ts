@@ -89,9 +89,7 @@ function warm(img: PushedImage, onProgress?: Parameters<ImageWarmer['warm']>[1][
 
 /** Registry body bytes sent for paths matching `re` since the last reset. */
 function registryBytes(re: RegExp): number {
-  let n = 0;
-  for (const [path, bytes] of proxy.stats.bytesSent) if (re.test(path)) n += bytes;
-  return n;
+  return proxy.bytes(re);
 }
 
 test('cache mode: with the registry stopped, ctr pull --hosts-dir and CRI PullImage are served by the mirror', async () => {

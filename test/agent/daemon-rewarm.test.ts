@@ -39,9 +39,7 @@ const cleanup = new Cleanup();
 after(() => cleanup.run());
 
 function blobBytes(proxy: FaultProxyHandle): number {
-  let n = 0;
-  for (const [path, bytes] of proxy.stats.bytesSent) if (path.includes('/blobs/')) n += bytes;
-  return n;
+  return proxy.bytes(/\/blobs\//);
 }
 
 describe('unpack mode and warm-stays-warm (real containerd, Redis, registry)', () => {

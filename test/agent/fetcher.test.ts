@@ -36,12 +36,6 @@ function layerPath(img: PushedImage, digest: string): RegExp {
   return new RegExp(`/v2/${img.repository}/blobs/${digest}$`);
 }
 
-function bytesFor(proxy: FaultProxyHandle, path: RegExp): number {
-  let n = 0;
-  for (const [p, b] of proxy.stats.bytesSent) if (path.test(p)) n += b;
-  return n;
-}
-
 describe('fetcher against a real registry (anonymous)', () => {
   let registry: RegistryHandle;
   let proxy: FaultProxyHandle;
@@ -255,7 +249,7 @@ describe('fetcher against a real registry (anonymous)', () => {
     await killed;
     assert.ok(killed, 'the registry was killed mid-download');
     await assertStored(store, allBlobs(img));
-    const served = bytesFor(p, layerPath(img, layer.digest));
+    const served = p.bytes(layerPath(img, layer.digest));
     // Restarting from zero would need ≥ 1.4× the layer; resuming needs the layer once plus
     // whatever was in flight in socket buffers when the registry died.
     assert.ok(served < size * 1.15, `proxy served ${served} bytes for a ${size}-byte layer`);

@@ -125,6 +125,8 @@ export interface FaultProxyHandle {
   blobStorage: BlobStorageHandle;
   /** Number of requests whose path matches `path` (and `method`, if given). */
   count(path: RegExp, method?: string): number;
+  /** Response body bytes sent for paths matching `path` (e.g. one blob, or every blob). */
+  bytes(path: RegExp): number;
   /** Clears stats, `blobStorage.requests` and rule hit counters (rules stay). */
   resetStats(): void;
   stop(): Promise<void>;
@@ -433,6 +435,11 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     count(pathRe: RegExp, method?: string): number {
       return stats.log.filter((e) => pathRe.test(e.path) && (method === undefined || e.method === method))
         .length;
+    },
+    bytes(pathRe: RegExp): number {
+      let n = 0;
+      for (const [p, b] of stats.bytesSent) if (pathRe.test(p)) n += b;
+      return n;
     },
     resetStats(): void {
       stats.requests.clear();
