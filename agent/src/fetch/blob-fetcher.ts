@@ -50,6 +50,13 @@ export interface FetchOptions {
    * The caller must settle `holdRestUntil`, or the download never finishes.
    */
   priority?: { ranges: readonly ByteRange[]; holdRestUntil?: Promise<unknown> };
+  /**
+   * A cap in bytes/s for this download alone, applied on top of the node-wide cap
+   * (BlobFetcherOptions.bandwidthBytesPerSec) and, like `priority`, only when this call
+   * starts the download: a call that joins one in flight does not change its rate.
+   * Absent or ≤ 0: node-wide cap only.
+   */
+  bandwidthBytesPerSec?: number;
 }
 
 export interface FetchResult {
@@ -65,6 +72,11 @@ export interface FetchResult {
   ranged: boolean;
   /** True when this call joined a download already in flight. */
   joined: boolean;
+  /**
+   * Times the download waited on its own cap (FetchOptions.bandwidthBytesPerSec); absent
+   * when it had none.
+   */
+  capWaits?: number;
 }
 
 /**
@@ -150,6 +162,9 @@ export class BlobFetcher {
         this.#connections,
         this.#bucket,
         opts.priority,
+        opts.bandwidthBytesPerSec && opts.bandwidthBytesPerSec > 0
+          ? new TokenBucket(opts.bandwidthBytesPerSec)
+          : undefined,
       );
       const started = dl;
       this.#inflight.set(target.digest, started);
@@ -205,6 +220,8 @@ class Download extends EventEmitter implements InflightBlob {
     readonly connections: Semaphore,
     readonly bucket: TokenBucket,
     priority?: FetchOptions['priority'],
+    /** This download's own cap (FetchOptions.bandwidthBytesPerSec), on top of `bucket`. */
+    readonly ownBucket?: TokenBucket,
   ) {
     super();
     this.#priority = new RangeSet(
@@ -353,6 +370,7 @@ class Download extends EventEmitter implements InflightBlob {
         bytesReread: this.#hasher.rereadBytes,
         ranged: !this.#streamMode,
         joined: false,
+        ...(this.ownBucket ? { capWaits: this.ownBucket.waits } : {}),
       };
     } finally {
       this.#hasher?.clear();
@@ -613,7 +631,7 @@ class Download extends EventEmitter implements InflightBlob {
             if (pos >= end) return false;
             buf = buf.subarray(0, end - pos);
           }
-          const waitTokens = this.bucket.unlimited ? undefined : this.bucket.take(buf.byteLength, signal);
+          const waitTokens = takeTokens(this.bucket, this.ownBucket, buf.byteLength, signal);
           if (!hasher.offer(pos, buf)) needDrain = true;
           batch.push(buf);
           batchBytes += buf.byteLength;
@@ -681,6 +699,22 @@ class Download extends EventEmitter implements InflightBlob {
     this.emit('progress', bytesDone);
     for (const l of this.#progressListeners) l({ digest: this.digest, bytesDone, size: this.size });
   }
+}
+
+/**
+ * Takes `n` bytes from the node-wide bucket and the download's own (either may be
+ * unlimited); undefined when neither limits, so the hot path stays synchronous.
+ */
+function takeTokens(
+  node: TokenBucket,
+  own: TokenBucket | undefined,
+  n: number,
+  signal: AbortSignal,
+): Promise<unknown> | undefined {
+  const a = node.unlimited ? undefined : node.take(n, signal);
+  const b = own === undefined || own.unlimited ? undefined : own.take(n, signal);
+  if (a && b) return Promise.all([a, b]);
+  return a ?? b;
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

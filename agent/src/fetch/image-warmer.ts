@@ -55,6 +55,11 @@ export interface WarmOptions {
   startupFirst?: boolean;
   /** eStargz probe options (e.g. `probeUnannotated`). */
   estargz?: ProbeOptions;
+  /**
+   * Cap in bytes/s for each blob download this warm starts, on top of the fetcher's
+   * node-wide cap (FetchOptions.bandwidthBytesPerSec). Absent or 0: node-wide cap only.
+   */
+  bandwidthBytesPerSec?: number;
 }
 
 export interface WarmResult {
@@ -151,6 +156,7 @@ export class ImageWarmer {
       const r = await this.fetcher.fetch(targetOf(d), {
         sources: await sourcesFor(d.digest),
         ...(opts.signal ? { signal: opts.signal } : {}),
+        ...(opts.bandwidthBytesPerSec ? { bandwidthBytesPerSec: opts.bandwidthBytesPerSec } : {}),
         ...startup?.fetchOptions(i),
         onProgress: (p) => {
           progress.bytesDone += p.bytesDone - bp.bytesDone;

@@ -10,6 +10,7 @@ export class TokenBucket {
   readonly #burst: number;
   #tokens: number;
   #last: number;
+  #waits = 0;
 
   /** `bytesPerSecond` ≤ 0 means unlimited. `burstBytes` defaults to a quarter second of rate. */
   constructor(bytesPerSecond: number, burstBytes?: number) {
@@ -23,6 +24,11 @@ export class TokenBucket {
     return this.#rate <= 0;
   }
 
+  /** Times `take` had to wait (the cap slowed a transfer down). */
+  get waits(): number {
+    return this.#waits;
+  }
+
   /** Consumes `n` bytes' worth of tokens, waiting while the bucket is in debt. */
   async take(n: number, signal?: AbortSignal): Promise<void> {
     if (this.#rate <= 0) return;
@@ -32,6 +38,7 @@ export class TokenBucket {
     this.#tokens -= n;
     if (this.#tokens >= 0) return;
     const waitMs = (-this.#tokens / this.#rate) * 1000;
+    this.#waits++;
     await sleep(waitMs, undefined, signal ? { signal } : undefined);
   }
 }
