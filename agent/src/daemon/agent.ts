@@ -19,9 +19,15 @@ import { type AgentConfig, defaultPlatform, redactConfig } from './config.js';
 import { ContainerdImageEvents } from './containerd-events.js';
 import { GatedBlobFetcher } from './gated-fetcher.js';
 import { HealthServer } from './health-server.js';
-import { PrewarmProcessor } from './job-processor.js';
+import { type JobWarmer, PrewarmProcessor } from './job-processor.js';
 import { AgentMetrics } from './metrics.js';
 import { PrewarmWorker } from './prewarm-worker.js';
+import {
+  ChainedCredentials,
+  KubeSecretReader,
+  PullSecretResolver,
+  type SecretReader,
+} from './pull-secrets.js';
 import { redisOptionsFromUrl } from './redis-options.js';
 import { RedisPinSource } from './redis-pins.js';
 import type { RuntimeImageService } from './runtime-port.js';
@@ -34,6 +40,11 @@ export interface AgentDaemonDeps {
    * that is empty). Tests pass their own containerd's.
    */
   runtime?: RuntimeImageService | null;
+  /**
+   * Where jobs' pull Secrets are read when `config.readPullSecrets` is on; default: the
+   * Kubernetes API (`config.kubeconfigPath`, else in-cluster).
+   */
+  secretReader?: SecretReader;
 }
 
 /**
@@ -172,6 +183,25 @@ export class AgentDaemon {
     });
     this.#fetcher = fetcher;
     const warmer = new ImageWarmer(this.#client, fetcher, store);
+    const dispatcher = this.#dispatcher;
+    let warmerFor: ((pullSecrets: readonly string[]) => Promise<JobWarmer>) | undefined;
+    if (c.readPullSecrets) {
+      const resolver = new PullSecretResolver(
+        this.#deps.secretReader ??
+          new KubeSecretReader(c.kubeconfigPath ? { kubeconfigPath: c.kubeconfigPath } : {}),
+      );
+      // A client per job so one job's secrets never serve another's pulls; it shares the
+      // node's connection pool (and metering) and closes without closing the pool.
+      warmerFor = async (pullSecrets) => {
+        const jobCredentials = await resolver.credentials(pullSecrets);
+        const jobClient = new RegistryClient({
+          credentials: new ChainedCredentials([jobCredentials, credentials]),
+          plainHttp: (h) => isLoopbackHost(h) || plain.has(h),
+          dispatcher,
+        });
+        return { warmer: new ImageWarmer(jobClient, fetcher, store), close: () => jobClient.close() };
+      };
+    }
 
     const redis = new Redis(redisOptionsFromUrl(c.redisUrl));
     redis.on('error', (err) => log.debug({ err: err.message }, 'redis connection error'));
@@ -205,6 +235,7 @@ export class AgentDaemon {
         runtime: this.#runtime,
         gate: (signal, ready) => fetcher.gate(signal, ready),
         peerDirectory: c.peerUrl ? new RedisPeerDirectory(redis, { selfUrl: c.peerUrl }) : undefined,
+        ...(warmerFor ? { warmerFor } : {}),
       },
     );
 

@@ -285,6 +285,20 @@ export const AGENT_SETTINGS = {
     description: 'A dockerconfigjson file with node-wide registry credentials; empty = anonymous.',
     parse: (raw: string) => raw,
   }),
+  readPullSecrets: setting({
+    env: 'KUBE_PREWARM_READ_PULL_SECRETS',
+    default: 'false',
+    description:
+      "Read the dockerconfigjson Secrets a job names (`pullSecrets`) through the Kubernetes API and use them for that job; needs RBAC `get` on secrets (chart: `agent.rbac.readPullSecrets`). Off: a job's `pullSecrets` are ignored (logged) and only the node-wide credentials are used.",
+    parse: bool,
+  }),
+  kubeconfigPath: setting({
+    env: 'KUBE_PREWARM_KUBECONFIG',
+    default: '',
+    description:
+      'kubeconfig file for reading pull Secrets; empty = the in-cluster service account (or $KUBECONFIG / ~/.kube/config outside a cluster).',
+    parse: (raw: string) => raw,
+  }),
   plainHttpRegistries: setting({
     env: 'KUBE_PREWARM_PLAIN_HTTP',
     default: '',

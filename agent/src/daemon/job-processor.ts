@@ -96,6 +96,19 @@ export interface PrewarmProcessorDeps {
   gate?: (signal: AbortSignal, ready: Promise<void>) => void;
   /** Peers holding blobs, asked before the registry; this node announces what it stores. */
   peerDirectory?: PeerDirectory | undefined;
+  /**
+   * A warmer for a job that names pull secrets (`namespace/name`), whose registry client
+   * tries those secrets' credentials before the node-wide ones; `close` releases it after
+   * the job. Throws PW_ERR_AUTH_FAILED (`pull secret <ns>/<name>: ...`) when a secret
+   * cannot be used. Absent (reading secrets disabled): a job's `pullSecrets` are ignored.
+   */
+  warmerFor?: (pullSecrets: readonly string[]) => Promise<JobWarmer>;
+}
+
+/** A warmer scoped to one job (see `PrewarmProcessorDeps.warmerFor`). */
+export interface JobWarmer {
+  warmer: ImageWarmer;
+  close(): Promise<void>;
 }
 
 /**
@@ -148,9 +161,22 @@ export class PrewarmProcessor {
       );
     }
     const lease = this.#deps.leases.acquire([data.digest]);
+    let jobWarmer: JobWarmer | undefined;
     try {
       log.info({ mode: data.mode, trigger: data.trigger }, 'prewarm job started');
-      const result = await this.#warm(parsed, reporter, lease, signal, log);
+      const pullSecrets = data.pullSecrets ?? [];
+      if (pullSecrets.length > 0 && this.#deps.warmerFor) {
+        // Names only: secret contents never reach a log.
+        log.debug({ pullSecrets }, 'using pull secrets for this job');
+        jobWarmer = await this.#deps.warmerFor(pullSecrets);
+      } else if (pullSecrets.length > 0) {
+        log.warn(
+          { pullSecrets },
+          'job names pull secrets but reading them is disabled (KUBE_PREWARM_READ_PULL_SECRETS); using node-wide credentials',
+        );
+      }
+      const warmer = jobWarmer?.warmer ?? this.#deps.warmer;
+      const result = await this.#warm(parsed, warmer, reporter, lease, signal, log);
       let phase: PrewarmJobResult['phase'] = 'warm';
       if (data.mode === 'unpack') {
         const image = `${data.repository}@${data.digest}`;
@@ -190,6 +216,7 @@ export class PrewarmProcessor {
       throw classifyFailure(err);
     } finally {
       lease.release();
+      await jobWarmer?.close().catch(() => undefined);
       await reporter.close();
     }
   }
@@ -200,13 +227,15 @@ export class PrewarmProcessor {
    * again, which fetches only what is missing.
    */
   async #warm(
-    { ref, platform }: ParsedJob,
+    { ref, platform, data }: ParsedJob,
+    warmer: ImageWarmer,
     reporter: ProgressReporter,
     lease: ReturnType<LeaseSet['acquire']>,
     signal: AbortSignal,
     log: Logger,
   ): Promise<WarmResult> {
-    const { warmer, gc } = this.#deps;
+    const { gc } = this.#deps;
+    const bandwidth = data.bandwidthBytesPerSec;
     let reservation: Reservation | undefined;
     let wants: BlobWant[] = [];
     const budgetAbort = new AbortController();
@@ -221,6 +250,8 @@ export class PrewarmProcessor {
             platform,
             signal: jobSignal,
             blobConcurrency: this.#opts.blobConcurrency,
+            // The job's own cap, on top of the node-wide one (0 or absent: node cap only).
+            ...(typeof bandwidth === 'number' && bandwidth > 0 ? { bandwidthBytesPerSec: bandwidth } : {}),
             ...(this.#deps.peerDirectory ? { peerDirectory: this.#deps.peerDirectory } : {}),
             onProgress: (p: WarmProgress) => {
               reporter.update(progressOf(p));
