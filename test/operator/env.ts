@@ -4,6 +4,8 @@
  * operator in this process or as a child process (operator/src/main.ts), and to read the
  * per-node queues directly.
  */
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoordinationV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
@@ -26,6 +28,7 @@ import { Operator, type OperatorOptions } from '../../operator/src/operator.js';
 import { Resolver } from '../../operator/src/resolve/resolver.js';
 import { REPO_ROOT } from '../harness/kube.js';
 import { type ManagedProcess, spawnProcess } from '../harness/process.js';
+import { freePort } from '../harness/tmp.js';
 
 export const NS = 'default';
 
@@ -229,6 +232,33 @@ export async function spawnOperator(
       ...env,
     },
   });
+}
+
+/**
+ * Runs the operator process with the distribution webhook enabled (a fresh shared secret)
+ * on a free port, and waits until it is ready. Point a registry's notifications at
+ * `url` with `Authorization: Bearer <secret>`.
+ */
+export async function spawnOperatorWithWebhooks(
+  kubeconfigPath: string,
+  redisUrl: string,
+  dir: string,
+  leaseName: string,
+): Promise<{ operator: ManagedProcess; port: number; url: string; secret: string }> {
+  const secret = randomBytes(24).toString('hex');
+  const webhooksConfig = join(dir, 'webhooks.json');
+  await writeFile(webhooksConfig, JSON.stringify({ sources: { distribution: { secrets: [secret] } } }));
+  const port = await freePort();
+  const operator = await spawnOperator('operator', kubeconfigPath, redisUrl, dir, {
+    KUBE_PREWARM_LEASE_NAME: leaseName,
+    KUBE_PREWARM_HTTP_PORT: String(port),
+    KUBE_PREWARM_WEBHOOKS_CONFIG: webhooksConfig,
+  });
+  await eventually(
+    'operator ready',
+    async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200,
+  );
+  return { operator, port, url: `http://127.0.0.1:${port}/webhooks/distribution`, secret };
 }
 
 /** The Lease's holder, or '' when none. */

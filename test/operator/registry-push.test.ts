@@ -6,8 +6,6 @@
  * digest rolled out.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { prewarmJobId } from '../../oci/src/job-contract.js';
@@ -17,7 +15,7 @@ import { createNode } from '../harness/kube-nodes.js';
 import type { ManagedProcess } from '../harness/process.js';
 import { type RedisHandle, startRedis } from '../harness/redis.js';
 import { type RegistryHandle, startRegistry } from '../harness/registry.js';
-import { Cleanup, freePort, makeTempDir } from '../harness/tmp.js';
+import { Cleanup, makeTempDir } from '../harness/tmp.js';
 import {
   asDigest,
   condition,
@@ -25,7 +23,7 @@ import {
   prewarmApi,
   QueueReader,
   redisConnection,
-  spawnOperator,
+  spawnOperatorWithWebhooks,
 } from './env.js';
 import { SimAgent } from './sim-agent.js';
 
@@ -51,25 +49,11 @@ describe('registry push → webhook → operator → new digest on the nodes', (
 
   test('a skopeo push is rolled out without anyone calling the operator', async () => {
     const dir = await makeTempDir('op-push', cleanup);
-    const secret = randomBytes(24).toString('hex');
-    const webhooksConfig = join(dir, 'webhooks.json');
-    await writeFile(webhooksConfig, JSON.stringify({ sources: { distribution: { secrets: [secret] } } }));
-    const port = await freePort();
-    operator = await spawnOperator('operator', kube.kubeconfigPath, redis.url, dir, {
-      KUBE_PREWARM_LEASE_NAME: 'push-test',
-      KUBE_PREWARM_HTTP_PORT: String(port),
-      KUBE_PREWARM_WEBHOOKS_CONFIG: webhooksConfig,
-    });
-    await eventually(
-      'operator ready',
-      async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200,
-    );
-
+    const op = await spawnOperatorWithWebhooks(kube.kubeconfigPath, redis.url, dir, 'push-test');
+    operator = op.operator;
+    const port = op.port;
     registry = await startRegistry({
-      notifications: {
-        url: `http://127.0.0.1:${port}/webhooks/distribution`,
-        headers: { Authorization: `Bearer ${secret}` },
-      },
+      notifications: { url: op.url, headers: { Authorization: `Bearer ${op.secret}` } },
     });
     cleanup.defer(() => registry.close());
 

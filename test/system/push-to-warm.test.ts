@@ -7,9 +7,6 @@
  * whose agent cannot hold the image is listed with the agent's failure reason.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { prewarmJobId } from '../../oci/src/job-contract.js';
 import { startAgent, startTestRedis } from '../agent/daemon-fixtures.js';
@@ -18,7 +15,7 @@ import { type KubeHandle, startKube } from '../harness/kube.js';
 import { createNode } from '../harness/kube-nodes.js';
 import type { ManagedProcess } from '../harness/process.js';
 import { type RegistryHandle, startRegistry } from '../harness/registry.js';
-import { Cleanup, freePort, makeTempDir } from '../harness/tmp.js';
+import { Cleanup, makeTempDir } from '../harness/tmp.js';
 import {
   asDigest,
   condition,
@@ -26,7 +23,7 @@ import {
   prewarmApi,
   QueueReader,
   redisConnection,
-  spawnOperator,
+  spawnOperatorWithWebhooks,
 } from '../operator/env.js';
 
 const MiB = 1024 * 1024;
@@ -47,27 +44,14 @@ describe('push → webhook → operator → real agents → status', () => {
     kube = await startKube();
     cleanup.defer(() => kube.stop());
     const dir = await makeTempDir('system', cleanup);
-    const secret = randomBytes(24).toString('hex');
-    const webhooksConfig = join(dir, 'webhooks.json');
-    await writeFile(webhooksConfig, JSON.stringify({ sources: { distribution: { secrets: [secret] } } }));
-    port = await freePort();
-    operator = await spawnOperator('operator', kube.kubeconfigPath, redisUrl, dir, {
-      KUBE_PREWARM_LEASE_NAME: 'system-test',
-      KUBE_PREWARM_HTTP_PORT: String(port),
-      KUBE_PREWARM_WEBHOOKS_CONFIG: webhooksConfig,
-    });
+    const op = await spawnOperatorWithWebhooks(kube.kubeconfigPath, redisUrl, dir, 'system-test');
+    operator = op.operator;
+    port = op.port;
     cleanup.defer(async () => {
       await operator?.stop();
     });
-    await eventually(
-      'operator ready',
-      async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200,
-    );
     registry = await startRegistry({
-      notifications: {
-        url: `http://127.0.0.1:${port}/webhooks/distribution`,
-        headers: { Authorization: `Bearer ${secret}` },
-      },
+      notifications: { url: op.url, headers: { Authorization: `Bearer ${op.secret}` } },
     });
     cleanup.defer(() => registry.close());
     // Two nodes whose agents have room, one whose agent's disk budget is too small for the image.
