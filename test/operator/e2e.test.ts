@@ -15,9 +15,9 @@ import { digestHex } from '../../oci/src/digest.js';
 import { prewarmJobId } from '../../oci/src/job-contract.js';
 import { REFRESH_ANNOTATION, STARTUP_TAINT_EFFECT, STARTUP_TAINT_KEY } from '../../operator/src/api/types.js';
 import { pushImage } from '../harness/images.js';
-import { type KubeHandle, startKube } from '../harness/kube.js';
+import type { KubeHandle } from '../harness/kube.js';
 import { createNode, deleteNode, patchNode, readNode } from '../harness/kube-nodes.js';
-import { type RedisHandle, startRedis } from '../harness/redis.js';
+import type { RedisHandle } from '../harness/redis.js';
 import { type RegistryHandle, startRegistry } from '../harness/registry.js';
 import { Cleanup, makeTempDir } from '../harness/tmp.js';
 import {
@@ -28,6 +28,7 @@ import {
   prewarmApi,
   QueueReader,
   redisConnection,
+  startCluster,
   startOperator,
 } from './env.js';
 import { SimAgent, type SimAgentOptions } from './sim-agent.js';
@@ -71,12 +72,7 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
   };
 
   before(async () => {
-    registry = await startRegistry();
-    redis = await startRedis();
-    kube = await startKube();
-    cleanup.defer(() => kube.stop());
-    cleanup.defer(() => redis.close());
-    cleanup.defer(() => registry.close());
+    ({ registry, redis, kube } = await startCluster(cleanup));
     storeRoot = await makeTempDir('op-e2e-stores', cleanup);
     readerConn = redisConnection(redis.url);
     reader = new QueueReader(readerConn);

@@ -26,9 +26,11 @@ import { ClientNodePort } from '../../operator/src/kube/client-node-port.js';
 import { type Logger, silentLogger } from '../../operator/src/logger.js';
 import { Operator, type OperatorOptions } from '../../operator/src/operator.js';
 import { Resolver } from '../../operator/src/resolve/resolver.js';
-import { REPO_ROOT } from '../harness/kube.js';
+import { type KubeHandle, REPO_ROOT, startKube } from '../harness/kube.js';
 import { type ManagedProcess, spawnProcess } from '../harness/process.js';
-import { freePort } from '../harness/tmp.js';
+import { type RedisHandle, startRedis } from '../harness/redis.js';
+import { type RegistryHandle, startRegistry } from '../harness/registry.js';
+import { type Cleanup, freePort } from '../harness/tmp.js';
 
 export const NS = 'default';
 
@@ -259,6 +261,19 @@ export async function spawnOperatorWithWebhooks(
     async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200,
   );
   return { operator, port, url: `http://127.0.0.1:${port}/webhooks/distribution`, secret };
+}
+
+/** The real components every operator test needs: a registry, Redis and a kube-apiserver, torn down by `cleanup`. */
+export async function startCluster(
+  cleanup: Cleanup,
+): Promise<{ registry: RegistryHandle; redis: RedisHandle; kube: KubeHandle }> {
+  const registry = await startRegistry();
+  cleanup.defer(() => registry.close());
+  const redis = await startRedis();
+  cleanup.defer(() => redis.close());
+  const kube = await startKube();
+  cleanup.defer(() => kube.stop());
+  return { registry, redis, kube };
 }
 
 /** The Lease's holder, or '' when none. */

@@ -8,13 +8,21 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { V1Lease } from '@kubernetes/client-node';
 import { pushImage } from '../harness/images.js';
-import { type KubeHandle, startKube } from '../harness/kube.js';
+import type { KubeHandle } from '../harness/kube.js';
 import { createNode } from '../harness/kube-nodes.js';
 import type { ManagedProcess } from '../harness/process.js';
-import { type RedisHandle, startRedis } from '../harness/redis.js';
-import { type RegistryHandle, startRegistry } from '../harness/registry.js';
+import type { RedisHandle } from '../harness/redis.js';
+import type { RegistryHandle } from '../harness/registry.js';
 import { Cleanup, freePort, makeTempDir } from '../harness/tmp.js';
-import { condition, eventually, leaseHolder, prewarmApi, redisConnection, spawnOperator } from './env.js';
+import {
+  condition,
+  eventually,
+  leaseHolder,
+  prewarmApi,
+  redisConnection,
+  spawnOperator,
+  startCluster,
+} from './env.js';
 import { SimAgent } from './sim-agent.js';
 
 const LEASE = 'ha-test';
@@ -38,12 +46,7 @@ describe('leader election between two replicas', () => {
   const procs: ManagedProcess[] = [];
 
   before(async () => {
-    registry = await startRegistry();
-    redis = await startRedis();
-    kube = await startKube();
-    cleanup.defer(() => kube.stop());
-    cleanup.defer(() => redis.close());
-    cleanup.defer(() => registry.close());
+    ({ registry, redis, kube } = await startCluster(cleanup));
   });
   after(async () => {
     for (const p of procs) await p.kill();

@@ -10,11 +10,11 @@ import { after, before, describe, test } from 'node:test';
 import type { Redis } from 'ioredis';
 import { prewarmJobId } from '../../oci/src/job-contract.js';
 import { pushImage } from '../harness/images.js';
-import { type KubeHandle, startKube } from '../harness/kube.js';
+import type { KubeHandle } from '../harness/kube.js';
 import { createNode } from '../harness/kube-nodes.js';
 import type { ManagedProcess } from '../harness/process.js';
-import { type RedisHandle, startRedis } from '../harness/redis.js';
-import { type RegistryHandle, startRegistry } from '../harness/registry.js';
+import type { RedisHandle } from '../harness/redis.js';
+import type { RegistryHandle } from '../harness/registry.js';
 import { Cleanup, freePort, makeTempDir } from '../harness/tmp.js';
 import {
   asDigest,
@@ -25,6 +25,7 @@ import {
   QueueReader,
   redisConnection,
   spawnOperator,
+  startCluster,
 } from './env.js';
 import { SimAgent } from './sim-agent.js';
 
@@ -48,12 +49,7 @@ describe('operator restart mid-rollout', () => {
   const procs: ManagedProcess[] = [];
 
   before(async () => {
-    registry = await startRegistry();
-    redis = await startRedis();
-    kube = await startKube();
-    cleanup.defer(() => kube.stop());
-    cleanup.defer(() => redis.close());
-    cleanup.defer(() => registry.close());
+    ({ registry, redis, kube } = await startCluster(cleanup));
     dir = await makeTempDir('op-restart', cleanup);
     conn = redisConnection(redis.url);
     reader = new QueueReader(conn);
