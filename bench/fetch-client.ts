@@ -2,13 +2,17 @@
  * One measured blob fetch, run by bench/fetch.ts as a child process (inside the client
  * network namespace for the shaped profiles):
  *
- *   node --import tsx bench/fetch-client.ts <undici|fetcher> --host <ip:port> --repo <name>
+ *   node --import tsx bench/fetch-client.ts <undici|fetcher|floor> --host <ip:port> --repo <name>
  *        --digest <sha256:…> --size <bytes> --out <dir> [--time-limit <s>]
  *
  * - `undici`: the single-stream baseline: one GET of the whole blob with undici, streamed
  *   to a file through a sha256 hash, fsynced, digest checked.
  * - `fetcher`: the project's fetcher through agent/src/fetch/bench-entry.ts (the parent
  *   checks the stored blob's digest afterwards, outside this process's CPU time).
+ * - `floor`: the least any Node process can do to fetch and verify the blob: one raw TCP
+ *   socket, a hand-made GET, sha256 of every body byte, nothing parsed beyond the header
+ *   end and nothing stored. Not a way to fetch (no HTTP client, no store): it measures
+ *   the CPU cost of receive + hash on this machine, the floor under every real client.
  *
  * Prints one JSON line (`ClientResult`). Wall and CPU time cover the fetch only, not Node's
  * start-up or module loading (the parent also records the whole process's rusage).
@@ -16,6 +20,7 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -90,6 +95,48 @@ async function singleStream(
   return { bytes, complete: bytes === args.size, digestOk };
 }
 
+/** See `floor` in the header comment. Plain HTTP to `args.host` only. */
+function rawSocketHash(args: ClientArgs): Promise<Pick<ClientResult, 'bytes' | 'complete' | 'digestOk'>> {
+  const [host, port] = [args.host.slice(0, args.host.lastIndexOf(':')), Number(args.host.split(':').pop())];
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    let head: Buffer | undefined = Buffer.alloc(0);
+    const socket = connect({ host, port }, () => {
+      socket.write(
+        `GET /v2/${args.repo}/blobs/${args.digest} HTTP/1.1\r\nHost: ${args.host}\r\nConnection: close\r\n\r\n`,
+      );
+    });
+    const finish = () => {
+      socket.destroy();
+      const complete = bytes === args.size;
+      resolve({ bytes, complete, digestOk: complete && `sha256:${hash.digest('hex')}` === args.digest });
+    };
+    socket.on('data', (chunk: Buffer) => {
+      let body = chunk;
+      if (head !== undefined) {
+        head = Buffer.concat([head, chunk]);
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        if (!head.subarray(0, 12).toString('latin1').startsWith('HTTP/1.1 200')) {
+          reject(new Error(`GET blob: ${head.subarray(0, head.indexOf('\r\n')).toString('latin1')}`));
+          socket.destroy();
+          return;
+        }
+        body = head.subarray(end + 4);
+        head = undefined;
+      }
+      hash.update(body);
+      bytes += body.byteLength;
+      if (bytes >= args.size) finish();
+    });
+    socket.on('error', reject);
+    socket.on('close', () => {
+      if (bytes < args.size) finish();
+    });
+  });
+}
+
 /** The project's fetcher, or why it cannot be used (yet). */
 async function loadFetcher(): Promise<FetchBlobForBench | string> {
   if (!existsSync(BENCH_ENTRY)) return `${BENCH_ENTRY} does not exist yet`;
@@ -142,6 +189,8 @@ async function main(): Promise<void> {
   try {
     if (method === 'undici') {
       Object.assign(result, await singleStream(args));
+    } else if (method === 'floor') {
+      Object.assign(result, await rawSocketHash(args));
     } else if (method === 'fetcher') {
       // Loaded before the measured span starts: tsx compiles the module on import.
       const fetchBlob = await loadFetcher();
@@ -160,7 +209,7 @@ async function main(): Promise<void> {
         Object.assign(result, { bytes, complete: bytes === args.size });
       }
     } else {
-      throw new Error(`unknown method ${JSON.stringify(method)} (undici | fetcher)`);
+      throw new Error(`unknown method ${JSON.stringify(method)} (undici | fetcher | floor)`);
     }
   } catch (err) {
     result.error = err instanceof Error ? `${err.message}${errCode(err)}` : String(err);

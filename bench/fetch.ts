@@ -7,7 +7,9 @@
  * Options:
  *   --size-mib <n>          payload of the single layer (default 1024: a >= 1 GiB blob)
  *   --profiles <list>       loopback,P1,P2 (default all three)
- *   --methods <list>        undici,skopeo,ctr,fetcher (default all four)
+ *   --methods <list>        undici,skopeo,ctr,fetcher,floor (default all; floor runs on
+ *                           loopback only: a raw socket that hashes and stores nothing, the
+ *                           CPU floor under any Node client on this machine)
  *   --baseline-seconds <s>  stop the single-stream baselines (undici, skopeo, ctr) on shaped
  *                           profiles after s seconds and report the rate over what they got
  *                           (default 30; 0 = fetch the whole blob, ~10 min more)
@@ -34,6 +36,7 @@ import type { BigImage } from './lib/big-image.js';
 import type { Cleanup } from './lib/cleanup.js';
 import {
   type FetchRow,
+  floorLine,
   formatTable,
   type ProfileName,
   summarize,
@@ -62,13 +65,14 @@ const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const REPOSITORY = 'bench/big';
 const TAG = 'latest';
 const ALL_PROFILES: readonly ProfileName[] = ['loopback', 'P1', 'P2'];
-const ALL_METHODS = ['undici', 'skopeo', 'ctr', 'fetcher'] as const;
+const ALL_METHODS = ['undici', 'skopeo', 'ctr', 'fetcher', 'floor'] as const;
 type Method = (typeof ALL_METHODS)[number];
 const LABELS: Record<Method, string> = {
   undici: '(a) undici, 1 stream',
   skopeo: '(b) skopeo copy dir:',
   ctr: '(c) ctr content fetch',
   fetcher: '(d) kube-prewarm fetcher',
+  floor: '(f) floor: socket + sha256 only',
 };
 /**
  * curl shaping check: single-stream duration, and how much the parallel ranges fetch (the
@@ -174,7 +178,7 @@ function baselineLimit(ctx: Ctx, t: Target): number | undefined {
 }
 
 /** (a) and (d): bench/fetch-client.ts in a child process. */
-async function runNodeClient(ctx: Ctx, t: Target, method: 'undici' | 'fetcher'): Promise<FetchRow> {
+async function runNodeClient(ctx: Ctx, t: Target, method: 'undici' | 'fetcher' | 'floor'): Promise<FetchRow> {
   const row = baseRow(t, method, LABELS[method]);
   const out = join(ctx.tmp, `out-${t.profile}-${method}`);
   const limit = method === 'undici' ? baselineLimit(ctx, t) : undefined;
@@ -400,10 +404,11 @@ async function curlCheck(
 
 async function runProfile(ctx: Ctx, t: Target, rows: FetchRow[]): Promise<void> {
   for (const m of ctx.opts.methods) {
+    if (m === 'floor' && t.profile !== 'loopback') continue;
     const limit = m === 'fetcher' ? undefined : baselineLimit(ctx, t);
     log(`${t.profile}: ${LABELS[m]}${limit ? ` (at most ${limit} s)` : ''}`);
     let row: FetchRow;
-    if (m === 'undici' || m === 'fetcher') row = await runNodeClient(ctx, t, m);
+    if (m === 'undici' || m === 'fetcher' || m === 'floor') row = await runNodeClient(ctx, t, m);
     else if (m === 'skopeo') row = await runSkopeo(ctx, t);
     else if (!haveCommand('ctr') || !haveCommand('containerd'))
       row = { ...baseRow(t, m, LABELS[m]), skipped: 'ctr/containerd not installed' };
@@ -481,6 +486,8 @@ async function main(cleanup: Cleanup): Promise<void> {
   console.log(formatTable(rows));
   console.log('');
   console.log(`targets: ${targetVerdicts(summary)}`);
+  const floor = floorLine(rows);
+  if (floor) console.log(floor);
   console.log(`results: ${jsonPath}`);
   console.log(summaryLine(summary));
 }

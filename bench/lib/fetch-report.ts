@@ -7,7 +7,7 @@ export type ProfileName = 'loopback' | 'P1' | 'P2';
 
 export interface FetchRow {
   profile: ProfileName;
-  /** Stable id: undici | skopeo | ctr | fetcher | curl-1 | curl-N. */
+  /** Stable id: undici | skopeo | ctr | fetcher | floor | curl-1 | curl-N. */
   method: string;
   /** Human label for the table. */
   label: string;
@@ -144,4 +144,17 @@ export function targetVerdicts(s: Summary): string {
     v(s.p2OfLink, (n) => n >= 0.9, 'P2 >= 0.9 of link'),
     v(s.loopbackCpuPerGB, (n) => n <= 1, 'loopback <= 1 CPU-s/GB'),
   ].join('; ');
+}
+
+/**
+ * The loopback CPU of the fetcher against the floor measured in the same run (a raw socket
+ * that only hashes: no HTTP client, no store); undefined when either is missing.
+ */
+export function floorLine(rows: readonly FetchRow[]): string | undefined {
+  const f = findRow(rows, 'loopback', 'floor');
+  const d = findRow(rows, 'loopback', 'fetcher');
+  if (!ok(f) || !f!.complete || !ok(d) || !d!.complete) return undefined;
+  const fc = cpuPerGB(f!);
+  const dc = cpuPerGB(d!);
+  return `loopback CPU floor (socket + sha256, nothing stored): ${fc.toFixed(2)} CPU-s/GB; fetcher ${dc.toFixed(2)} = ${(dc / fc).toFixed(2)}x floor`;
 }

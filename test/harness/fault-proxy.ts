@@ -92,6 +92,9 @@ export interface ProxyStats {
   ranges: { path: string; range: string }[];
   /** One entry per request, in arrival order. */
   log: ProxyLogEntry[];
+  /** Requests open at once (received, response not yet closed), by path: now and at most. */
+  inFlight: Map<string, number>;
+  peakInFlight: Map<string, number>;
 }
 
 /** What the blob storage server received, per request. */
@@ -249,7 +252,14 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     cutAfterBytes: null,
     ...opts.rules,
   };
-  const stats: ProxyStats = { requests: new Map(), bytesSent: new Map(), ranges: [], log: [] };
+  const stats: ProxyStats = {
+    requests: new Map(),
+    bytesSent: new Map(),
+    ranges: [],
+    log: [],
+    inFlight: new Map(),
+    peakInFlight: new Map(),
+  };
   const blobStorage = await startBlobStorage({ upstream: opts.upstream });
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -260,6 +270,12 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     stats.log.push(entry);
     stats.requests.set(path, (stats.requests.get(path) ?? 0) + 1);
     if (range !== undefined) stats.ranges.push({ path, range });
+    const open = (stats.inFlight.get(path) ?? 0) + 1;
+    stats.inFlight.set(path, open);
+    stats.peakInFlight.set(path, Math.max(stats.peakInFlight.get(path) ?? 0, open));
+    res.once('close', () => {
+      stats.inFlight.set(path, (stats.inFlight.get(path) ?? 1) - 1);
+    });
 
     const writeHead = (status: number, headers: OutgoingHttpHeaders): void => {
       entry.status = status;
@@ -446,6 +462,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
       stats.bytesSent.clear();
       stats.ranges.length = 0;
       stats.log.length = 0;
+      stats.peakInFlight = new Map(stats.inFlight);
       blobStorage.requests.length = 0;
       for (const r of rules.fail) r.hits = 0;
       if (rules.cutAfterBytes) rules.cutAfterBytes.hits = 0;

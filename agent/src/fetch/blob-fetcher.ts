@@ -6,7 +6,9 @@ import type { Digest } from '../../../oci/src/digest.js';
 import { abortError, ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import { backoffDelay, type RetryOptions } from '../../../oci/src/retry.js';
 import type { BlobStore, Ingest } from '../store/blob-store.js';
+import { ALIGN, dropBytes, takeBytes } from '../store/direct-io.js';
 import { type ByteRange, RangeSet } from '../store/ranges.js';
+import { ConnectionRamp } from './connection-ramp.js';
 import { HashCursor } from './hash-cursor.js';
 import type { BlobSource, BlobTarget } from './sources.js';
 import { Semaphore, TokenBucket } from './token-bucket.js';
@@ -16,8 +18,19 @@ export interface BlobFetcherOptions {
   chunkSize?: number;
   /** Smallest ranged request; chunks shrink toward it near a blob's end so the tail finishes together. Default 1 MiB. */
   minChunkSize?: number;
-  /** Parallel ranged requests per blob. Default 16. */
+  /** Parallel ranged requests per blob, at most. Default 16. */
   concurrencyPerBlob?: number;
+  /**
+   * Parallel ranged requests a blob starts with. Every `rampWindowMs` the count doubles
+   * (up to `concurrencyPerBlob`) while the last doubling raised throughput by at least a
+   * fifth; once it does not, the count stays (and a doubling that bought under 5% is
+   * undone). A per-connection-capped path ramps to the maximum; a link- or server-capped
+   * one stays low, which saves CPU and the server's connections. Default 4; set it to
+   * `concurrencyPerBlob` to start at the maximum.
+   */
+  initialConcurrency?: number;
+  /** Length of one ramp measurement. Default 1000 ms. */
+  rampWindowMs?: number;
   /** Parallel requests across all blobs of this fetcher (the node). Default 32. */
   maxConnections?: number;
   /** Node-wide bandwidth cap in bytes/s; 0 = unlimited. Default 0. */
@@ -96,6 +109,8 @@ export interface InflightBlob extends EventEmitter {
 
 const DEFAULTS = {
   chunkSize: 16 * 1024 * 1024,
+  initialConcurrency: 4,
+  rampWindowMs: 1000,
   minChunkSize: 1024 * 1024,
   concurrencyPerBlob: 16,
   maxConnections: 32,
@@ -211,6 +226,11 @@ class Download extends EventEmitter implements InflightBlob {
   /** True while the bytes outside `#priority` must not be claimed. */
   #holding = false;
   #hold: Promise<void> | undefined;
+  /** Workers of this attempt; those with an index below `#limit` may hold a range. */
+  #workers = 0;
+  #limit = 0;
+  #limitWaiters = new Set<() => void>();
+  #ramp = new ConnectionRamp(1, 1, 0, 0);
 
   constructor(
     readonly store: BlobStore,
@@ -345,7 +365,15 @@ class Download extends EventEmitter implements InflightBlob {
         1,
         Math.min(this.opts.concurrencyPerBlob, Math.ceil(this.#todo.size / this.opts.minChunkSize)),
       );
-      await Promise.all(Array.from({ length: this.#todo.isEmpty ? 0 : workers }, () => this.#worker(ingest)));
+      this.#workers = this.#todo.isEmpty ? 0 : workers;
+      this.#ramp = new ConnectionRamp(
+        this.opts.initialConcurrency,
+        Math.max(1, this.#workers),
+        this.opts.rampWindowMs,
+        performance.now(),
+      );
+      this.#limit = this.#ramp.limit;
+      await Promise.all(Array.from({ length: this.#workers }, (_, i) => this.#worker(ingest, i)));
       if (this.#fatal !== undefined) throw this.#fatal;
       if (this.#controller.signal.aborted) throw abortError(this.#controller.signal);
       await this.#hasher.drain();
@@ -420,7 +448,7 @@ class Download extends EventEmitter implements InflightBlob {
       const remaining = pri.reduce((n, r) => n + r.end - r.start, 0);
       const len = Math.max(
         this.opts.minChunkSize,
-        Math.min(this.opts.chunkSize, Math.ceil(remaining / this.opts.concurrencyPerBlob)),
+        Math.min(this.opts.chunkSize, Math.ceil(remaining / Math.max(1, this.#limit))),
       );
       const end = Math.min(p.end, p.start + len);
       this.#todo.remove(p.start, end);
@@ -432,16 +460,58 @@ class Download extends EventEmitter implements InflightBlob {
     const remaining = this.#todo.size;
     const len = Math.max(
       this.opts.minChunkSize,
-      Math.min(this.opts.chunkSize, Math.ceil(remaining / this.opts.concurrencyPerBlob)),
+      Math.min(this.opts.chunkSize, Math.ceil(remaining / Math.max(1, this.#limit))),
     );
     const end = Math.min(first.end, first.start + len);
     this.#todo.remove(first.start, end);
     return { start: first.start, end };
   }
 
-  async #worker(ingest: Ingest): Promise<void> {
+  #wakeParked(): void {
+    const ws = [...this.#limitWaiters];
+    this.#limitWaiters.clear();
+    for (const w of ws) w();
+  }
+
+  /** Parks a worker above the limit until the limit or the work changes. */
+  #park(signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        signal.removeEventListener('abort', done);
+        this.#limitWaiters.delete(done);
+        resolve();
+      };
+      signal.addEventListener('abort', done, { once: true });
+      this.#limitWaiters.add(done);
+    });
+  }
+
+  /** Counts bytes for the connection ramp (see BlobFetcherOptions.initialConcurrency). */
+  #rampCount(n: number): void {
+    const wasFrozen = this.#ramp.frozen;
+    const changed = this.#ramp.count(n, performance.now());
+    this.#limit = this.#ramp.limit;
+    // Parked workers start when the limit rises, and exit once the ramp is frozen below them.
+    if (changed || this.#ramp.frozen !== wasFrozen) this.#wakeParked();
+  }
+
+  async #worker(ingest: Ingest, index: number): Promise<void> {
+    try {
+      await this.#work(ingest, index);
+    } finally {
+      // Parked workers must notice when the work runs out, or Promise.all never settles.
+      this.#wakeParked();
+    }
+  }
+
+  async #work(ingest: Ingest, index: number): Promise<void> {
     const signal = this.#controller.signal;
     while (this.#fatal === undefined && !signal.aborted && !this.#streamMode) {
+      if (index >= this.#limit) {
+        if (this.#ramp.frozen || this.#todo.isEmpty) return;
+        await this.#park(signal);
+        continue;
+      }
       if (this.#holding && this.#priorityTodo().length === 0) {
         if (this.#todo.isEmpty) return;
         try {
@@ -603,15 +673,27 @@ class Download extends EventEmitter implements InflightBlob {
     let batchBytes = 0;
     let needDrain = false;
     let recorded = start;
-    const flush = async () => {
+    /**
+     * Writes the batch. Mid-range (`final` false) only up to the last ALIGN boundary, so
+     * the store can write it with direct I/O; the rest waits for the next batch.
+     */
+    const flushOnce = async (final: boolean) => {
       if (batchBytes === 0) return;
-      await ingest.write(batch, batchStart);
-      this.written.add(batchStart, batchStart + batchBytes);
-      if (source.kind === 'peer') this.#fromPeers += batchBytes;
-      else this.#fromRegistry += batchBytes;
-      batch = [];
-      batchStart += batchBytes;
-      batchBytes = 0;
+      let n = batchBytes;
+      if (!final) {
+        const cut = Math.floor((batchStart + batchBytes) / ALIGN) * ALIGN - batchStart;
+        if (cut > 0) n = cut;
+      }
+      // The batch changes only once the write succeeded: a failed write keeps every byte
+      // for the caller's last flush, and nothing unwritten is ever marked written.
+      await ingest.write(n === batchBytes ? batch : takeBytes(batch, n), batchStart);
+      this.written.add(batchStart, batchStart + n);
+      if (source.kind === 'peer') this.#fromPeers += n;
+      else this.#fromRegistry += n;
+      this.#rampCount(n);
+      batch = dropBytes(batch, n);
+      batchStart += n;
+      batchBytes -= n;
       if (needDrain || this.written.runEnd(hasher.position) !== undefined) {
         needDrain = false;
         await hasher.drain();
@@ -621,6 +703,14 @@ class Download extends EventEmitter implements InflightBlob {
         recorded = batchStart;
       }
       this.#emitProgress();
+    };
+    // One flush at a time: the error path's last flush must not write a batch that a
+    // flush still in progress is writing (twice counted, or marked written past the data).
+    let flushing: Promise<void> = Promise.resolve();
+    const flush = (final: boolean): Promise<void> => {
+      const p = flushing.then(() => flushOnce(final));
+      flushing = p.catch(() => undefined);
+      return p;
     };
     try {
       await pump(
@@ -640,18 +730,18 @@ class Download extends EventEmitter implements InflightBlob {
           if (waitTokens === undefined && batchBytes < this.opts.writeBatchBytes) return more;
           return (async () => {
             await waitTokens;
-            if (batchBytes >= this.opts.writeBatchBytes) await flush();
+            if (batchBytes >= this.opts.writeBatchBytes) await flush(false);
             return more;
           })();
         },
         signal,
       );
-      await flush();
+      await flush(true);
       return pos;
     } catch (err) {
       discardBody(res.body);
       // Bytes already received are worth keeping: write them before giving up the range.
-      await flush().catch(() => undefined);
+      await flush(true).catch(() => undefined);
       const e = isPrewarmError(err) ? err : toNetworkError(err, `blob ${this.digest} from ${source.name}`);
       Object.assign(e, { position: batchStart });
       throw e;
@@ -746,7 +836,14 @@ function pump(
       if (err === undefined) resolve();
       else reject(err);
     };
-    const onEnd = () => finish();
+    /** The promise an onChunk call returned and that has not settled yet. */
+    let pending: Promise<unknown> | undefined;
+    // The body can end while the last chunk's promise (a write) is still running; the
+    // caller must not see the end before that write is done.
+    const onEnd = () => {
+      if (pending) void pending.then(() => finish(), finish);
+      else finish();
+    };
     const onAbort = () => finish(abortError(signal));
     const onData = (chunk: Buffer) => {
       let r: boolean | Promise<boolean>;
@@ -762,10 +859,12 @@ function pump(
         return;
       }
       body.pause();
-      r.then((more) => {
+      const p = r.then((more) => {
+        if (pending === p) pending = undefined;
         if (!more) finish();
         else if (!settled) body.resume();
       }, finish);
+      pending = p;
     };
     if (signal.aborted) {
       onAbort();

@@ -16,6 +16,15 @@ import { join } from 'node:path';
 import { type Digest, digestHex, isDigest, parseDigest, sha256 } from '../../../oci/src/digest.js';
 import { classifyFsError, ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
 import type { BlobInfo, BlobStore, ImageRecord, Ingest } from './blob-store.js';
+import {
+  AlignedPool,
+  dropBytes,
+  openDirect,
+  readDirect,
+  splitAligned,
+  takeBytes,
+  writeDirect,
+} from './direct-io.js';
 import { RangeSet } from './ranges.js';
 
 export interface FsBlobStoreOptions {
@@ -24,7 +33,15 @@ export interface FsBlobStoreOptions {
    * throwaway directories turn it off.
    */
   fsync?: boolean;
+  /**
+   * Write (and re-read) ingest data with O_DIRECT, bypassing the page cache, where the
+   * filesystem allows it (probed at `init`). Default true; see `direct-io.ts`.
+   */
+  directIo?: boolean;
 }
+
+/** Staging slabs per store for direct I/O: one per write or read in flight; more wait. */
+const DIRECT_SLABS = 16;
 
 /**
  * A content-addressed store on a local filesystem, laid out like containerd's:
@@ -36,17 +53,31 @@ export interface FsBlobStoreOptions {
 export class FsBlobStore implements BlobStore {
   readonly root: string;
   readonly #fsync: boolean;
+  readonly #directIo: boolean;
+  #pool: AlignedPool | undefined;
 
   constructor(root: string, opts: FsBlobStoreOptions = {}) {
     this.root = root;
     this.#fsync = opts.fsync ?? true;
+    this.#directIo = opts.directIo ?? true;
   }
 
-  /** Creates the directory layout; call once before use. */
+  /** Creates the directory layout and probes direct I/O; call once before use. */
   async init(): Promise<this> {
     for (const d of ['blobs/sha256', 'ingest', 'images', 'tmp'])
       await mkdir(join(this.root, d), { recursive: true });
+    if (this.#directIo && !this.#pool) {
+      this.#pool = await AlignedPool.probe(
+        join(this.root, 'tmp', `dio-probe-${randomBytes(4).toString('hex')}`),
+        DIRECT_SLABS,
+      );
+    }
     return this;
+  }
+
+  /** True when ingest data bypasses the page cache (O_DIRECT accepted by this filesystem). */
+  get directIo(): boolean {
+    return this.#pool !== undefined;
   }
 
   blobPath(digest: Digest): string {
@@ -107,7 +138,14 @@ export class FsBlobStore implements BlobStore {
         if (last && last.end > st.size) durable = new RangeSet();
       }
       const journal = await open(join(dir, 'journal'), 'a');
-      return new FsIngest(this, digest, size, dir, data, journal, durable, this.#fsync);
+      // Another mount type under the same root (or a changed mount) may refuse O_DIRECT: buffered then.
+      const direct = this.#pool
+        ? await openDirect(join(dir, 'data')).then(
+            (fh) => ({ fh, pool: this.#pool! }),
+            () => undefined,
+          )
+        : undefined;
+      return new FsIngest(this, digest, size, dir, data, journal, durable, this.#fsync, direct);
     } catch (err) {
       throw classifyFsError(err, `opening ingest for ${digest}`);
     }
@@ -262,12 +300,32 @@ class FsIngest implements Ingest {
     readonly journal: FileHandle,
     durable: RangeSet,
     readonly fsync: boolean,
+    readonly direct?: { fh: FileHandle; pool: AlignedPool },
   ) {
     this.durable = durable;
     this.dataPath = join(dir, 'data');
   }
 
   async write(buffers: readonly Buffer[], position: number): Promise<void> {
+    const length = buffers.reduce((n, b) => n + b.byteLength, 0);
+    const span = this.direct ? splitAligned(position, length) : undefined;
+    if (!this.direct || !span || span.end === span.start) return this.#writeBuffered(buffers, position);
+    const head = span.start - position;
+    const body = span.end - span.start;
+    try {
+      await Promise.all([
+        head > 0 ? this.#writeBuffered(takeBytes(buffers, head), position) : undefined,
+        writeDirect(this.direct.fh, this.direct.pool, buffers, head, body, span.start),
+        position + length > span.end
+          ? this.#writeBuffered(dropBytes(buffers, head + body), span.end)
+          : undefined,
+      ]);
+    } catch (err) {
+      throw classifyFsError(err, `writing ${this.digest}`);
+    }
+  }
+
+  async #writeBuffered(buffers: readonly Buffer[], position: number): Promise<void> {
     try {
       let pos = position;
       let rest = buffers;
@@ -285,6 +343,15 @@ class FsIngest implements Ingest {
   }
 
   async read(position: number, length: number): Promise<Buffer> {
+    if (this.direct) {
+      try {
+        return await readDirect(this.direct.fh, this.direct.pool, position, length);
+      } catch (err) {
+        if ((err as { code?: string }).code === 'SHORT_READ')
+          throw new PrewarmError(ErrorCodes.STORE_CORRUPT, `ingest ${this.digest} is shorter than recorded`);
+        throw classifyFsError(err, `reading ${this.digest}`);
+      }
+    }
     const buf = Buffer.allocUnsafe(length);
     let got = 0;
     while (got < length) {
@@ -346,22 +413,8 @@ class FsIngest implements Ingest {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await Promise.allSettled([this.data.close(), this.journal.close()]);
+    await Promise.allSettled([this.data.close(), this.journal.close(), this.direct?.fh.close()]);
   }
-}
-
-function dropBytes(buffers: readonly Buffer[], n: number): Buffer[] {
-  const out: Buffer[] = [];
-  let skip = n;
-  for (const b of buffers) {
-    if (skip >= b.byteLength) {
-      skip -= b.byteLength;
-      continue;
-    }
-    out.push(skip > 0 ? b.subarray(skip) : b);
-    skip = 0;
-  }
-  return out;
 }
 
 /** Parses journal lines `start end`; a torn last line (crash mid-append) is ignored. */
