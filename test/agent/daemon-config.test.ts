@@ -1,5 +1,6 @@
 /** The daemon's typed configuration: defaults, parsing, validation (plain objects). */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { AGENT_SETTINGS, loadConfig, parseDuration, redactConfig } from '../../agent/src/daemon/config.js';
 import { isPrewarmError } from '../../oci/src/errors.js';
@@ -101,5 +102,17 @@ describe('agent config', () => {
     const shown = JSON.stringify(redactConfig(c));
     assert.doesNotMatch(shown, /pw-very-secret/);
     assert.match(shown, /"redisUrl":"\[hidden\]"/);
+  });
+
+  it('is documented in docs/agent.md: one row per variable, with its default and description', () => {
+    const doc = readFileSync(new URL('../../docs/agent.md', import.meta.url), 'utf8').split('\n');
+    for (const s of Object.values(AGENT_SETTINGS)) {
+      const row = doc.find((l) => l.startsWith(`| \`${s.env}\` |`));
+      assert.ok(row, `${s.env} has no row in docs/agent.md`);
+      const shown =
+        s.default === undefined ? '(required)' : s.default === '' ? '(empty)' : `\`${s.default}\``;
+      assert.equal(row.split(' | ')[1], shown, `${s.env}: default`);
+      assert.ok(row.includes(s.description), `${s.env}: description differs from config.ts`);
+    }
   });
 });

@@ -11,6 +11,7 @@ export const STORE_REGISTRY_OPTIONS = {
   'docker-config': { type: 'string' },
   'plain-http': { type: 'string' },
   'no-fsync': { type: 'boolean' },
+  'no-direct-io': { type: 'boolean' },
 } as const;
 
 /** Those flags' parsed values. */
@@ -23,6 +24,8 @@ export interface StoreRegistryFlags {
   'plain-http'?: string | undefined;
   /** Skip fsync: throwaway stores only. */
   'no-fsync'?: boolean | undefined;
+  /** Buffered writes even where O_DIRECT works. */
+  'no-direct-io'?: boolean | undefined;
 }
 
 /**
@@ -43,5 +46,8 @@ export async function registryClientFromFlags(
 
 /** The store the flags name, initialised (created when missing); throws what `init()` throws. */
 export function openStoreFromFlags(flags: StoreRegistryFlags): Promise<FsBlobStore> {
-  return new FsBlobStore(flags.store ?? '.prewarm-store', { fsync: flags['no-fsync'] !== true }).init();
+  return new FsBlobStore(flags.store ?? '.prewarm-store', {
+    fsync: flags['no-fsync'] !== true,
+    directIo: flags['no-direct-io'] !== true,
+  }).init();
 }

@@ -26,12 +26,14 @@ warm options:
   --docker-config <file>   Credentials: a dockerconfigjson / ~/.docker/config.json file
   --plain-http <hosts>     Comma-separated registry hosts spoken to over HTTP (loopback always is)
   --chunk-size <size>      Ranged request size (default 16MiB)
-  --concurrency <n>        Parallel ranges per blob (default 16)
+  --concurrency <n>        Parallel ranges per blob, at most (default 16)
+  --initial-concurrency <n> Ranges a blob starts with, doubled while throughput grows (default 4)
   --max-connections <n>    Parallel requests in total (default 32)
   --bandwidth <size>       Cap in bytes/s, e.g. 50MiB (default: unlimited)
   --retries <n>            Attempts per request before giving up (default 6; 8 per blob)
   --json                   Print a JSON summary on stdout instead of a progress bar
   --no-fsync               Skip fsync (throwaway stores only)
+  --no-direct-io           Buffered writes through the page cache even where O_DIRECT works
 
 ${SERVE_USAGE}
 Exit codes: 0 ok, 2 usage, 3 image/blob/platform not found, 4 auth, 5 digest or
@@ -80,6 +82,9 @@ async function warm(argv: string[]): Promise<number> {
     fetcher = new BlobFetcher(store, {
       chunkSize: values['chunk-size'] ? parseSize(values['chunk-size']) : undefined,
       concurrencyPerBlob: values.concurrency ? positiveInt(values.concurrency, '--concurrency') : undefined,
+      initialConcurrency: values['initial-concurrency']
+        ? positiveInt(values['initial-concurrency'], '--initial-concurrency')
+        : undefined,
       maxConnections: values['max-connections']
         ? positiveInt(values['max-connections'], '--max-connections')
         : undefined,
@@ -138,6 +143,7 @@ function parseWarmArgs(argv: string[]) {
       platform: { type: 'string' },
       'chunk-size': { type: 'string' },
       concurrency: { type: 'string' },
+      'initial-concurrency': { type: 'string' },
       'max-connections': { type: 'string' },
       bandwidth: { type: 'string' },
       retries: { type: 'string' },

@@ -149,7 +149,10 @@ export class AgentDaemon {
     const addr = await this.#health.start();
     log.info({ address: `${addr.address}:${addr.port}` }, 'health and metrics listening');
 
-    const store = await new FsBlobStore(c.storePath, { fsync: c.storeFsync }).init();
+    const store = await new FsBlobStore(c.storePath, {
+      fsync: c.storeFsync,
+      directIo: c.storeDirectIo,
+    }).init();
     this.#store = store;
     const scan = await scanStore(store, c.storeVerify);
     log.info(
@@ -178,6 +181,7 @@ export class AgentDaemon {
     const fetcher = new GatedBlobFetcher(store, {
       chunkSize: c.chunkSize,
       concurrencyPerBlob: c.chunkConcurrency,
+      initialConcurrency: c.chunkInitialConcurrency,
       maxConnections: c.maxConnections,
       bandwidthBytesPerSec: c.bandwidthBytesPerSec,
     });

@@ -132,6 +132,13 @@ export const AGENT_SETTINGS = {
     description: 'fsync blobs and journals; turn off only on throwaway stores.',
     parse: bool,
   }),
+  storeDirectIo: setting({
+    env: 'KUBE_PREWARM_STORE_DIRECT_IO',
+    default: 'true',
+    description:
+      "Write downloads with O_DIRECT (no page-cache copy, no eviction of the node's working set) where the filesystem accepts it; false: always buffered.",
+    parse: bool,
+  }),
   storeVerify: setting({
     env: 'KUBE_PREWARM_STORE_VERIFY',
     default: 'size',
@@ -160,7 +167,14 @@ export const AGENT_SETTINGS = {
   chunkConcurrency: setting({
     env: 'KUBE_PREWARM_CHUNK_CONCURRENCY',
     default: '16',
-    description: 'Parallel ranged requests per blob.',
+    description: 'Parallel ranged requests per blob, at most.',
+    parse: int(1, 256),
+  }),
+  chunkInitialConcurrency: setting({
+    env: 'KUBE_PREWARM_CHUNK_INITIAL_CONCURRENCY',
+    default: '4',
+    description:
+      'Ranged requests a blob starts with; doubled each second while throughput still grows by a fifth, up to KUBE_PREWARM_CHUNK_CONCURRENCY.',
     parse: int(1, 256),
   }),
   maxConnections: setting({
