@@ -60,6 +60,36 @@ describe('ConnectionRamp', () => {
     assert.equal(ramp.frozen, true);
   });
 
+  it('gives back the last doubling, to the maximum, when it bought nothing', () => {
+    const ramp = new ConnectionRamp(8, 16, 1000, 0);
+    assert.deepEqual(
+      drive(ramp, () => 25_000, 3),
+      [16, 8, 8],
+    );
+    assert.equal(ramp.frozen, true);
+  });
+
+  it('does not count bytes while new connections settle (slow start)', () => {
+    // The first 400 ms of each window are ignored: a slow first burst does not make the
+    // next level look like a gain.
+    const ramp = new ConnectionRamp(4, 16, 1000, 0);
+    const limits = drive(ramp, () => 25_000, 3);
+    assert.deepEqual(limits, [8, 4, 4]);
+    const slowStart = new ConnectionRamp(4, 16, 1000, 0);
+    let now = 0;
+    const report = (times: number, bytes: number) => {
+      for (let i = 0; i < times; i++) {
+        now += 100;
+        slowStart.count(bytes, now);
+      }
+    };
+    report(4, 1); // settling: a trickle
+    report(6, 25_000 * 100);
+    assert.equal(slowStart.limit, 8);
+    report(10, 25_000 * 100);
+    assert.equal(slowStart.limit, 4, 'the doubling bought nothing once both levels were measured settled');
+  });
+
   it('starts frozen at the maximum when the initial count reaches it, and never goes below 1', () => {
     assert.equal(new ConnectionRamp(16, 16, 1000, 0).frozen, true);
     assert.equal(new ConnectionRamp(32, 6, 1000, 0).limit, 6);
@@ -95,17 +125,23 @@ describe('fetcher connection ramp against a real registry', () => {
 
   it('holds a blob to its initial connection count while the ramp has not measured', async () => {
     proxy.resetStats();
-    const { store } = await warmImage(`${proxy.host}/kp/ramp:v1`, await makeTempDir('store', cleanup), {
-      fetcher: {
-        chunkSize: MiB,
-        minChunkSize: 256 * 1024,
-        concurrencyPerBlob: 8,
-        initialConcurrency: 1,
-        rampWindowMs: 1e9,
+    const { store, result } = await warmImage(
+      `${proxy.host}/kp/ramp:v1`,
+      await makeTempDir('store', cleanup),
+      {
+        fetcher: {
+          chunkSize: MiB,
+          minChunkSize: 256 * 1024,
+          concurrencyPerBlob: 8,
+          initialConcurrency: 1,
+          rampWindowMs: 1e9,
+        },
       },
-    });
+    );
     await assertStored(store, blobs());
     assert.equal(layerPeak(), 1);
+    const layer = result.blobs.find((b) => b.digest === img.manifests[0]!.layers[0]!.digest);
+    assert.equal(layer?.connections, 1, 'the result reports the connection level');
     assert.ok(proxy.count(/\/blobs\/sha256:/, 'GET') >= 12, 'expected one request per 1 MiB chunk');
   });
 

@@ -83,6 +83,8 @@ export interface FetchResult {
   bytesReread: number;
   /** False when the server ignored Range and the blob came as one stream. */
   ranged: boolean;
+  /** Ranged connections the blob ended with (the connection ramp's level). */
+  connections?: number;
   /** True when this call joined a download already in flight. */
   joined: boolean;
   /**
@@ -397,6 +399,7 @@ class Download extends EventEmitter implements InflightBlob {
         bytesFromPeers: this.#fromPeers,
         bytesReread: this.#hasher.rereadBytes,
         ranged: !this.#streamMode,
+        ...(this.#streamMode || this.#workers === 0 ? {} : { connections: this.#limit }),
         joined: false,
         ...(this.ownBucket ? { capWaits: this.ownBucket.waits } : {}),
       };

@@ -5,7 +5,11 @@
  * stream) ramps to the maximum; a link- or server-capped path stays low, which saves CPU
  * (every connection adds per-read overhead and out-of-order bytes to hold for hashing)
  * and the server's connection slots. A doubling that bought less than `undoBelow` is
- * given back.
+ * given back, including the last one up to the maximum.
+ *
+ * Each window starts with `settleMs` whose bytes are not counted: connections just opened
+ * are still in TCP slow start, and counting them would make the level before look slower
+ * than it is (on a link-capped path, every doubling would then look like a gain).
  *
  * Pure bookkeeping: the caller reports bytes with a clock reading and applies the limit.
  */
@@ -22,12 +26,13 @@ export class ConnectionRamp {
     readonly max: number,
     readonly windowMs: number,
     now: number,
+    readonly settleMs = Math.floor(windowMs * 0.4),
     readonly gain = 1.2,
     readonly undoBelow = 1.05,
   ) {
     this.#limit = Math.max(1, Math.min(max, initial));
     this.#prevLimit = this.#limit;
-    this.#windowStart = now;
+    this.#windowStart = now + settleMs;
     this.#frozen = this.#limit >= max;
   }
 
@@ -42,22 +47,23 @@ export class ConnectionRamp {
 
   /** Records `bytes` received by `now` (ms); returns true when the limit changed. */
   count(bytes: number, now: number): boolean {
-    if (this.#frozen) return false;
+    if (this.#frozen || now <= this.#windowStart) return false;
     this.#windowBytes += bytes;
     const elapsed = now - this.#windowStart;
-    if (elapsed < this.windowMs) return false;
-    const rate = this.#windowBytes / elapsed;
-    this.#windowStart = now;
+    if (elapsed < this.windowMs - this.settleMs) return false;
+    const rate = this.#windowBytes / Math.max(1, elapsed);
+    this.#windowStart = now + this.settleMs;
     this.#windowBytes = 0;
-    if (this.#prevRate === 0 || rate >= this.#prevRate * this.gain) {
+    const grew = this.#prevRate === 0 || rate >= this.#prevRate * this.gain;
+    if (grew && this.#limit < this.max) {
       this.#prevRate = rate;
       this.#prevLimit = this.#limit;
       this.#limit = Math.min(this.max, this.#limit * 2);
-      if (this.#limit >= this.max) this.#frozen = true;
       return true;
     }
+    // No more growth, or at the maximum: hold here, or give back a doubling that bought nothing.
     this.#frozen = true;
-    if (rate < this.#prevRate * this.undoBelow && this.#limit !== this.#prevLimit) {
+    if (!grew && rate < this.#prevRate * this.undoBelow && this.#limit !== this.#prevLimit) {
       this.#limit = this.#prevLimit;
       return true;
     }
