@@ -1,9 +1,11 @@
 /**
  * Peers before the registry: two in-process agents share Redis; the first warms an image
  * from the registry and announces its blobs, the second fetches them from the first's
- * mirror. Registry egress is counted by a proxy in front of the real registry.
+ * mirror; a pull that misses a third node's mirror is served from a peer too. Registry
+ * egress is counted by a proxy in front of the real registry.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
 import type { PrewarmJobResult } from '../../oci/src/job-contract.js';
@@ -78,5 +80,26 @@ describe('peer sharing between agents', () => {
     const rb = jb.returnvalue as PrewarmJobResult;
     assert.equal(layerBytes(proxy, img), 0, 'no layer byte came from the registry for the second node');
     assert.ok(rb.bytesFromPeers >= layersSize, `bytesFromPeers ${rb.bytesFromPeers}`);
+  });
+
+  it('a pull that misses a node mirror takes the blob from a peer, not the registry', async () => {
+    await agent('peer-d');
+    const e = await agent('peer-e');
+    const repository = `${proxy.host}/peers/app`;
+    const d = await enqueue(conn, { node: 'peer-d', repository, tag: 'v1', digest: img.digest });
+    const jd = await waitForJobEnd(conn, 'peer-d', d);
+    assert.equal(jd.state, 'completed', jd.failedReason);
+
+    proxy.resetStats();
+    const layer = img.manifests[0]!.layers[0]!;
+    // What containerd sends to a hosts.toml mirror: the upstream registry in `ns`.
+    const res = await fetch(
+      `http://127.0.0.1:${e.config.mirrorPort}/v2/peers/app/blobs/${layer.digest}?ns=${proxy.host}`,
+    );
+    assert.equal(res.status, 200);
+    const body = Buffer.from(await res.arrayBuffer());
+    assert.equal(body.length, layer.size);
+    assert.equal(`sha256:${createHash('sha256').update(body).digest('hex')}`, layer.digest);
+    assert.equal(layerBytes(proxy, img), 0, 'the mirror miss was filled from the peer, not the registry');
   });
 });

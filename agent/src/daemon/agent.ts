@@ -8,6 +8,7 @@ import { isLoopbackHost, RegistryClient } from '../../../oci/src/client.js';
 import { nodeQueueName, QUEUE_PREFIX } from '../../../oci/src/job-contract.js';
 import { ImageWarmer } from '../fetch/image-warmer.js';
 import { RedisPeerDirectory } from '../fetch/peer-directory.js';
+import type { BlobTarget } from '../fetch/sources.js';
 import { Mirror } from '../mirror/mirror.js';
 import { CriImageService } from '../runtime/cri-image-service.js';
 import { FsBlobStore } from '../store/fs-store.js';
@@ -227,6 +228,8 @@ export class AgentDaemon {
     if (this.#deps.runtime !== undefined) this.#runtime = this.#deps.runtime ?? undefined;
     else if (c.containerdSocket !== '') this.#runtime = new CriImageService({ address: c.containerdSocket });
 
+    // Shared by prewarm jobs and the mirror: both try the peers holding a blob first.
+    const peerDirectory = c.peerUrl ? new RedisPeerDirectory(redis, { selfUrl: c.peerUrl }) : undefined;
     const processor = new PrewarmProcessor(
       { node: c.nodeName, defaultPlatform: defaultPlatform(c), blobConcurrency: c.blobConcurrency },
       {
@@ -238,7 +241,7 @@ export class AgentDaemon {
         logger: log,
         runtime: this.#runtime,
         gate: (signal, ready) => fetcher.gate(signal, ready),
-        peerDirectory: c.peerUrl ? new RedisPeerDirectory(redis, { selfUrl: c.peerUrl }) : undefined,
+        peerDirectory,
         ...(warmerFor ? { warmerFor } : {}),
       },
     );
@@ -246,7 +249,12 @@ export class AgentDaemon {
     if (c.mirrorPort > 0) {
       this.#mirror = new Mirror(
         { store, fetcher, client: this.#client },
-        { listen: `${c.mirrorHost}:${c.mirrorPort}`, logger: log.child({ component: 'mirror' }) },
+        {
+          listen: `${c.mirrorHost}:${c.mirrorPort}`,
+          logger: log.child({ component: 'mirror' }),
+          // A containerd pull that misses here asks the peers holding the blob first, too.
+          ...(peerDirectory ? { peers: (t: BlobTarget) => peerDirectory.holders(t.digest) } : {}),
+        },
       );
       const mirror = this.#mirror;
       await mirror.start();

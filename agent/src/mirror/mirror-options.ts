@@ -48,8 +48,11 @@ export interface MirrorOptions {
    * Default: this host's platform. Records of other platforms are still found, by a scan.
    */
   platforms?: Platform[];
-  /** Peer agents to try before the registry on a miss (never for peer requests). Default none. */
-  peers?: (target: BlobTarget) => BlobSource[];
+  /**
+   * Peer agents to try before the registry on a miss (never for peer requests), e.g. the
+   * holders a peer directory knows of. A lookup that fails means no peers. Default none.
+   */
+  peers?: (target: BlobTarget) => BlobSource[] | Promise<BlobSource[]>;
   /** Structured logger (pino). Default: silent. */
   logger?: Logger;
   /** Idle keep-alive connections are closed after this. Default 65 s. */

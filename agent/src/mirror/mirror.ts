@@ -414,7 +414,11 @@ export class Mirror {
    */
   async #startDownload(target: BlobTarget): Promise<InflightBlob | 'committed'> {
     const { fetcher, client } = this.#deps;
-    const sources = [...this.#peers(target), new RegistrySource(client, target.registry)];
+    // A peer directory outage must not fail a pull: the registry is always the last source.
+    const peers = await Promise.resolve()
+      .then(() => this.#peers(target))
+      .catch(() => []);
+    const sources = [...peers, new RegistrySource(client, target.registry)];
     let settled: 'ok' | 'failed' | undefined;
     let failure: unknown;
     const p = fetcher.fetch(target, { sources });
