@@ -1,6 +1,8 @@
 /**
  * The operator process killed (SIGKILL) in the middle of a rollout and started again:
- * nothing is enqueued twice, nothing finished is redone, and the rollout completes.
+ * nothing is enqueued twice, nothing finished is redone, and the rollout completes. And a
+ * job still running when its ImagePrewarm was deleted is removed once it ends, even when
+ * the operator that orphaned it died before that.
  * The operator runs as a real child process (operator/src/main.ts); agents are simulated
  * in this process and count every job they run.
  */
@@ -172,5 +174,65 @@ describe('operator restart mid-rollout', () => {
       `second operator enqueued ${sum} job(s); ${warmAtKill} node(s) were warm when the first was killed`,
     );
     assert.ok(sum <= NODES.length - warmAtKill, 'the restarted operator only enqueued what was missing');
+  });
+
+  test('a job running when its ImagePrewarm is deleted is removed once it ends, across an operator restart', async () => {
+    for (const p of procs.splice(0)) await p.kill();
+    const image = await pushImage(registry, {
+      repository: 'orphan',
+      tag: 'v1',
+      layers: [{ files: { 'o.txt': 'o' } }],
+    });
+    await createNode(kube.kc, { name: 'o1', labels: { pool: 'o' } });
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    agents.push(
+      new SimAgent({
+        node: 'o1',
+        connection: () => redisConnection(redis.url),
+        storeDir: join(dir, 'o1'),
+        onStart: () => held,
+      }),
+    );
+    const env = {
+      KUBE_PREWARM_LEASE_NAME: 'orphan-test',
+      KUBE_PREWARM_LEASE_DURATION_MS: '3000',
+      KUBE_PREWARM_RENEW_DEADLINE_MS: '2000',
+      KUBE_PREWARM_RETRY_PERIOD_MS: '500',
+    };
+    const first = await spawnOperator('operator-o1', kube.kubeconfigPath, redis.url, dir, {
+      ...env,
+      KUBE_PREWARM_IDENTITY: 'op-o1',
+    });
+    procs.push(first);
+    const api = prewarmApi(kube.kc);
+    await api.create('orphaning', {
+      images: [{ repository: `${registry.host}/orphan`, tag: 'v1' }],
+      nodeSelector: { pool: 'o' },
+    });
+    const id = prewarmJobId(asDigest(image.digest), 'o1', 'cache');
+    await eventually('the job is running', async () => (await reader.job('o1', id))?.state === 'active');
+    await api.remove('orphaning');
+    await eventually('ImagePrewarm gone', async () => (await api.get('orphaning')) === undefined);
+    const orphan = await reader.job('o1', id);
+    assert.equal(orphan?.state, 'active', 'a running job cannot be removed yet');
+    assert.deepEqual(orphan?.data.owners, [], 'but it pins nothing');
+    await first.kill();
+
+    release();
+    await eventually('the job finished', async () => (await reader.job('o1', id))?.state === 'completed');
+    procs.push(
+      await spawnOperator('operator-o2', kube.kubeconfigPath, redis.url, dir, {
+        ...env,
+        KUBE_PREWARM_IDENTITY: 'op-o2',
+      }),
+    );
+    await eventually(
+      'the new leader removed the orphan',
+      async () => (await reader.job('o1', id)) === undefined,
+    );
+    assert.equal(await conn.scard('kprw:orphans'), 0, 'and forgot it');
   });
 });

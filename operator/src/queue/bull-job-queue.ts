@@ -95,6 +95,24 @@ export class BullJobQueue implements JobQueue {
     return `${QUEUE_PREFIX}:${nodeQueueName(ref.node)}:${ref.jobId}`;
   }
 
+  /** Redis set of `active-orphan` jobs (JSON JobRefs) awaiting removal. */
+  static readonly ORPHANS_KEY = `${QUEUE_PREFIX}:orphans`;
+
+  async orphans(): Promise<JobRef[]> {
+    const out: JobRef[] = [];
+    for (const m of await this.#redis.smembers(BullJobQueue.ORPHANS_KEY)) {
+      try {
+        const r = JSON.parse(m) as Partial<JobRef>;
+        if (typeof r.node === 'string' && typeof r.jobId === 'string')
+          out.push({ node: r.node, jobId: r.jobId });
+        else await this.#redis.srem(BullJobQueue.ORPHANS_KEY, m);
+      } catch {
+        await this.#redis.srem(BullJobQueue.ORPHANS_KEY, m);
+      }
+    }
+    return out;
+  }
+
   async observe(refs: readonly JobRef[]): Promise<Map<string, JobObservation>> {
     const out = new Map<string, JobObservation>();
     const toRead: JobRef[] = [];
@@ -262,6 +280,8 @@ export class BullJobQueue implements JobQueue {
       }
       if ((await this.#remove(ref)) === 1) return 'removed';
       // Locked by an agent: empty the owners so nothing pins it; removed once it finishes.
+      // Recorded first, so a crash between the two writes leaves a record, not a lost job.
+      await this.#redis.sadd(BullJobQueue.ORPHANS_KEY, orphanMember(ref));
       await this.#writeData(ref, { ...data, owners: [] });
       return 'active-orphan';
     });
@@ -271,9 +291,10 @@ export class BullJobQueue implements JobQueue {
     return this.#withLock(ref.jobId, async () => {
       this.#forget(ref.jobId);
       const data = await this.#readData(ref);
-      if (!data) return true;
-      if (ownersOf(data).length > 0) return true;
-      return (await this.#remove(ref)) === 1;
+      // Gone, adopted by another ImagePrewarm, or removed now: no longer an orphan.
+      const gone = !data || ownersOf(data).length > 0 || (await this.#remove(ref)) === 1;
+      if (gone) await this.#redis.srem(BullJobQueue.ORPHANS_KEY, orphanMember(ref));
+      return gone;
     });
   }
 
@@ -368,4 +389,9 @@ export function parseJobHash(h: JobHash, meta?: JobMeta): { obs: JobObservation;
     ...(m.trigger !== undefined ? { trigger: m.trigger } : {}),
   };
   return { obs, meta: m };
+}
+
+/** A JobRef as a member of the orphans set (fixed key order, so SREM finds what SADD wrote). */
+function orphanMember(ref: JobRef): string {
+  return JSON.stringify({ node: ref.node, jobId: ref.jobId });
 }

@@ -35,6 +35,11 @@ export interface JobQueue {
   unpin(ref: JobRef, ownerUid: string): Promise<UnpinOutcome>;
   /** Removes the job if it has no owners and is not active. Returns true when it is gone. */
   removeIfOrphan(ref: JobRef): Promise<boolean>;
+  /**
+   * Every `active-orphan` not yet removed, recorded durably by `unpin` (so a restarted or
+   * new leader finishes removing them; `removeIfOrphan` forgets the ones that are gone).
+   */
+  orphans(): Promise<JobRef[]>;
   /** Moves a failed job back to waiting (attempts start over). */
   retry(ref: JobRef): Promise<void>;
   /**

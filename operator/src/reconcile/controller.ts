@@ -153,14 +153,23 @@ export class PrewarmController {
     this.#queue = new WorkQueue();
     const resync = setInterval(() => this.#enqueueAll(), this.#opts.resyncMs);
     resync.unref();
+    // Orphans are swept on every reconcile too, but none may come once the last
+    // ImagePrewarm is gone.
+    const sweep = setInterval(() => {
+      if (this.#orphans.size > 0) void this.#sweepOrphans();
+    }, this.#opts.progressPollMs * 5);
+    sweep.unref();
     try {
       await Promise.all([this.#kube.prewarms.waitForSync(signal), this.#kube.nodes.waitForSync(signal)]);
+      // Orphans another leader (or this process before a restart) could not remove yet.
+      for (const ref of await this.#jobs.orphans()) this.#orphans.set(ref.jobId, ref);
       this.#enqueueAll();
       await this.#queue.run(this.#opts.concurrency, (key) => this.#handle(key), signal);
     } catch (err) {
       if (!signal.aborted) throw err;
     } finally {
       clearInterval(resync);
+      clearInterval(sweep);
       this.#running = false;
       this.#queue.shutdown();
       this.#ledger.clear();
