@@ -239,7 +239,7 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
     await eventually('web back to 3/3', async () => (await api.get('web'))?.status?.warm === '3/3');
   });
 
-  test('deleting the ImagePrewarm removes its pending jobs and releases the finalizer', async () => {
+  test('pending jobs follow spec changes; deleting the ImagePrewarm removes them and releases the finalizer', async () => {
     // No agents on pool b: jobs stay pending.
     await stopAgent('n4');
     await stopAgent('n5');
@@ -255,6 +255,15 @@ describe('operator end to end (apiserver + redis + registry + simulated agents)'
     });
     const p = await api.get('batch');
     assert.equal(condition(p, 'Ready')?.status, 'False');
+    // A spec change reaches the jobs still waiting for an agent.
+    await api.patch('batch', {
+      spec: { rollout: { maxBandwidthPerNode: '20Mi' }, startup: { paths: ['/bin/app'] } },
+    });
+    await eventually('pending jobs follow the spec', async () => {
+      const job = await reader.job('n4', id4);
+      return job?.data.bandwidthBytesPerSec === 20 * 1024 * 1024 && job.data.startupPaths?.[0] === '/bin/app';
+    });
+    assert.equal((await reader.job('n4', id4))?.state, 'waiting');
     await api.remove('batch');
     await eventually('batch gone', async () => (await api.get('batch')) === undefined);
     assert.equal(await reader.job('n4', id4), undefined);

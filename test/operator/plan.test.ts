@@ -423,6 +423,41 @@ describe('plan()', () => {
     assert.deepEqual(data.pullSecrets, ['ns/regcred']);
   });
 
+  test('pending jobs it alone owns follow a changed bandwidth cap, startup paths and pull secrets', () => {
+    const spec: ImagePrewarmSpec = {
+      ...input().spec,
+      rollout: { maxBandwidthPerNode: '20Mi' },
+      startup: { paths: ['/bin/new'] },
+    };
+    const old = { bandwidthBytesPerSec: 50 * 1024 * 1024, startupPaths: ['/bin/old'] };
+    const other = { namespace: 'ns', name: 'q', uid: 'uid-q' };
+    const jobs = new Map<string, JobObservation>([
+      [prewarmJobId(D('1'), 'a', 'cache'), { state: 'pending', owners: [owner], settings: old }],
+      [prewarmJobId(D('1'), 'b', 'cache'), { state: 'active', owners: [owner], settings: old }],
+      [prewarmJobId(D('1'), 'c', 'cache'), { state: 'pending', owners: [owner, other], settings: old }],
+    ]);
+    const opts = { ...input().options, pullSecrets: ['ns/regcred'] };
+    const p = plan(input({ spec, jobs, options: opts }));
+    const want = {
+      bandwidthBytesPerSec: 20 * 1024 * 1024,
+      startupPaths: ['/bin/new'],
+      pullSecrets: ['ns/regcred'],
+    };
+    // Only the pending job with this owner alone: an agent already read the active one, and
+    // a shared job cannot honour two specs.
+    assert.deepEqual(p.update, [{ node: 'a', jobId: prewarmJobId(D('1'), 'a', 'cache'), settings: want }]);
+
+    const same = new Map<string, JobObservation>([
+      [prewarmJobId(D('1'), 'a', 'cache'), { state: 'pending', owners: [owner], settings: want }],
+    ]);
+    assert.deepEqual(plan(input({ spec, jobs: same, options: opts })).update, []);
+    // Settings not read (an observation without them) are never "changed".
+    const unread = new Map<string, JobObservation>([
+      [prewarmJobId(D('1'), 'a', 'cache'), { state: 'pending', owners: [owner] }],
+    ]);
+    assert.deepEqual(plan(input({ spec, jobs: unread, options: opts })).update, []);
+  });
+
   test('jobRefsToObserve covers current, retained and dropped digests on every node', () => {
     const refs = jobRefsToObserve(
       [image(D('3'), { previous: [{ digest: D('2') }], dropped: [D('1')] })],
@@ -651,7 +686,7 @@ describe('job hash reader', () => {
         finishedOn: null,
         processedOn: null,
       },
-      { owners: [owner], trigger: 'spec' },
+      { owners: [owner], trigger: 'spec', settings: {} },
     );
     assert.equal(known?.obs.trigger, 'spec');
   });

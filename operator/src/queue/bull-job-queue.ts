@@ -9,7 +9,13 @@ import {
   type PrewarmOwnerRef,
   QUEUE_PREFIX,
 } from '../../../oci/src/job-contract.js';
-import type { EnqueueJob, JobObservation, JobRef } from '../reconcile/plan.js';
+import {
+  type EnqueueJob,
+  type JobObservation,
+  type JobRef,
+  type JobSettings,
+  jobSettings,
+} from '../reconcile/plan.js';
 import { type JobQueue, ownersOf, type UnpinOutcome } from './job-queue.js';
 
 export interface BullJobQueueOptions {
@@ -43,6 +49,7 @@ export interface JobMeta {
   owners: PrewarmOwnerRef[];
   triggeredAt?: number;
   trigger?: string;
+  settings: JobSettings;
 }
 
 /** The job hash fields read (null: absent). `data` may be omitted when its meta is known. */
@@ -287,6 +294,16 @@ export class BullJobQueue implements JobQueue {
     });
   }
 
+  updateSettings(ref: JobRef, settings: JobSettings): Promise<void> {
+    return this.#withLock(ref.jobId, async () => {
+      this.#forget(ref.jobId);
+      const data = await this.#readData(ref);
+      if (!data) return;
+      const { bandwidthBytesPerSec: _b, startupPaths: _s, pullSecrets: _p, ...rest } = data;
+      await this.#writeData(ref, { ...rest, ...jobSettings(settings) });
+    });
+  }
+
   removeIfOrphan(ref: JobRef): Promise<boolean> {
     return this.#withLock(ref.jobId, async () => {
       this.#forget(ref.jobId);
@@ -366,6 +383,7 @@ export function parseJobHash(h: JobHash, meta?: JobMeta): { obs: JobObservation;
       owners: ownersOf(parsed),
       ...(typeof parsed?.triggeredAt === 'number' ? { triggeredAt: parsed.triggeredAt } : {}),
       ...(typeof parsed?.trigger === 'string' ? { trigger: parsed.trigger } : {}),
+      settings: jobSettings(parsed),
     };
   }
   const finished = h.finishedOn ? Number(h.finishedOn) : undefined;
@@ -387,6 +405,7 @@ export function parseJobHash(h: JobHash, meta?: JobMeta): { obs: JobObservation;
     ...(finished !== undefined ? { finishedOn: finished } : {}),
     ...(m.triggeredAt !== undefined ? { triggeredAt: m.triggeredAt } : {}),
     ...(m.trigger !== undefined ? { trigger: m.trigger } : {}),
+    settings: m.settings,
   };
   return { obs, meta: m };
 }

@@ -9,7 +9,7 @@
  * of pinned digests.
  */
 import type { PrewarmJobData, PrewarmOwnerRef } from '../../../oci/src/job-contract.js';
-import type { EnqueueJob, JobObservation, JobRef } from '../reconcile/plan.js';
+import type { EnqueueJob, JobObservation, JobRef, JobSettings } from '../reconcile/plan.js';
 
 /** What `unpin` did. */
 export type UnpinOutcome = 'removed' | 'owner-dropped' | 'active-orphan' | 'missing';
@@ -33,6 +33,12 @@ export interface JobQueue {
    * is `active-orphan`, to be removed later with `removeIfOrphan`.
    */
   unpin(ref: JobRef, ownerUid: string): Promise<UnpinOutcome>;
+  /**
+   * Replaces the job's spec-derived settings (bandwidth cap, startup paths, pull secrets)
+   * if the job exists. Meant for pending jobs; an agent that already started one keeps
+   * what it read.
+   */
+  updateSettings(ref: JobRef, settings: JobSettings): Promise<void>;
   /** Removes the job if it has no owners and is not active. Returns true when it is gone. */
   removeIfOrphan(ref: JobRef): Promise<boolean>;
   /**

@@ -441,6 +441,10 @@ export class PrewarmController {
     await this.#sweepOrphans();
     await eachLimited(p.addOwner, MUTATION_CONCURRENCY, (ref) => this.#jobs.addOwner(ref, owner));
     await eachLimited(p.retry, MUTATION_CONCURRENCY, (ref) => this.#jobs.retry(ref));
+    if (p.update.length > 0) {
+      await eachLimited(p.update, MUTATION_CONCURRENCY, (u) => this.#jobs.updateSettings(u, u.settings));
+      log.info({ jobs: p.update.length }, 'pending jobs updated to the spec');
+    }
     this.#recordLedger(key, p.inFlightByRegistry, jobs, p.enqueue.length);
     this.#recordCompletions(p.completed, jobs);
 

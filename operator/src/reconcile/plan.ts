@@ -45,6 +45,31 @@ export interface JobObservation {
   triggeredAt?: number;
   /** The job data's `trigger` (`spec`, `push:<source>`, `schedule`, `node-join`, ...). */
   trigger?: string;
+  /** The job data's spec-derived settings (undefined: not read). */
+  settings?: JobSettings;
+}
+
+/** The parts of a job's data that follow the spec after enqueueing (while it is pending). */
+export type JobSettings = Pick<PrewarmJobData, 'bandwidthBytesPerSec' | 'startupPaths' | 'pullSecrets'>;
+
+/** The settings of `data`, with absent and empty fields omitted (a canonical form). */
+export function jobSettings(data: Partial<PrewarmJobData> | undefined): JobSettings {
+  const bw = data?.bandwidthBytesPerSec;
+  const paths = Array.isArray(data?.startupPaths)
+    ? data.startupPaths.filter((p) => typeof p === 'string')
+    : [];
+  const secrets = Array.isArray(data?.pullSecrets)
+    ? data.pullSecrets.filter((p) => typeof p === 'string')
+    : [];
+  return {
+    ...(typeof bw === 'number' && bw > 0 ? { bandwidthBytesPerSec: bw } : {}),
+    ...(paths.length > 0 ? { startupPaths: paths } : {}),
+    ...(secrets.length > 0 ? { pullSecrets: secrets } : {}),
+  };
+}
+
+function sameSettings(a: JobSettings, b: JobSettings): boolean {
+  return JSON.stringify(jobSettings(a)) === JSON.stringify(jobSettings(b));
 }
 
 /** One spec image entry after resolution (same order as `spec.images`). */
@@ -120,6 +145,11 @@ export interface EnqueueJob extends JobRef {
   data: PrewarmJobData;
 }
 
+/** A pending job whose spec-derived settings are to be replaced. */
+export interface UpdateJob extends JobRef {
+  settings: JobSettings;
+}
+
 /** Per node: is every current digest this ImagePrewarm wants there warm? */
 export type NodeWarmth = 'warm' | 'pending' | 'failed';
 
@@ -129,6 +159,11 @@ export interface Plan {
   /** Jobs this ImagePrewarm owns but no longer wants (digest dropped, node deselected, mode changed). */
   unpin: JobRef[];
   retry: JobRef[];
+  /**
+   * Pending jobs owned by this ImagePrewarm alone whose bandwidth cap, startup paths or
+   * pull secrets differ from the spec now (an agent reads them when it starts the job).
+   */
+  update: UpdateJob[];
   status: ImagePrewarmStatus;
   requeueAfterMs?: number;
   /** Jobs in flight for this ImagePrewarm after the plan is applied, by registry host. */
@@ -254,6 +289,12 @@ export function plan(input: PlanInput): Plan {
   const addOwner: JobRef[] = [];
   const unpin: JobRef[] = [];
   const retry: JobRef[] = [];
+  const update: UpdateJob[] = [];
+  const settings = jobSettings({
+    ...(options.pullSecrets ? { pullSecrets: options.pullSecrets } : {}),
+    ...(bandwidth !== undefined ? { bandwidthBytesPerSec: bandwidth } : {}),
+    ...(spec.startup?.paths ? { startupPaths: spec.startup.paths } : {}),
+  });
   const completed: Plan['completed'] = [];
   const nodeWarmth = new Map<string, NodeWarmth>();
   const inFlightByRegistry = new Map<string, number>();
@@ -372,13 +413,7 @@ export function plan(input: PlanInput): Plan {
           platform: w.platform,
           node: node.name,
           mode,
-          ...(options.pullSecrets && options.pullSecrets.length > 0
-            ? { pullSecrets: options.pullSecrets }
-            : {}),
-          ...(bandwidth !== undefined ? { bandwidthBytesPerSec: bandwidth } : {}),
-          ...(spec.startup?.paths && spec.startup.paths.length > 0
-            ? { startupPaths: spec.startup.paths }
-            : {}),
+          ...settings,
           triggeredAt: isJoin ? joined : w.img.lastTrigger ? Date.parse(w.img.lastTrigger.time) : resolvedAt,
           trigger: isJoin ? 'node-join' : triggerLabel(w.img.lastTrigger),
         };
@@ -389,6 +424,10 @@ export function plan(input: PlanInput): Plan {
         continue;
       }
       if (!hasOwner(obs)) addOwner.push({ node: node.name, jobId: w.jobId });
+      // A shared job keeps what its first owner asked for; two specs cannot both be honoured.
+      const soleOwner = obs.owners.length === 1 && obs.owners[0]?.uid === owner.uid;
+      if (obs.state === 'pending' && soleOwner && obs.settings && !sameSettings(obs.settings, settings))
+        update.push({ node: node.name, jobId: w.jobId, settings });
       countPhase(
         w.img.name,
         obs.state === 'completed'
@@ -612,6 +651,7 @@ export function plan(input: PlanInput): Plan {
     addOwner,
     unpin,
     retry,
+    update,
     status,
     ...(requeueAfterMs !== undefined ? { requeueAfterMs } : {}),
     inFlightByRegistry,
