@@ -33,6 +33,16 @@ import { SimAgent } from './sim-agent.js';
 
 const NODES = ['r1', 'r2', 'r3', 'r4', 'r5', 'r6'];
 
+/** A short lease (3 s), so a SIGKILLed leader is replaced quickly. */
+function fastLease(name: string): Record<string, string> {
+  return {
+    KUBE_PREWARM_LEASE_NAME: name,
+    KUBE_PREWARM_LEASE_DURATION_MS: '3000',
+    KUBE_PREWARM_RENEW_DEADLINE_MS: '2000',
+    KUBE_PREWARM_RETRY_PERIOD_MS: '500',
+  };
+}
+
 async function metric(port: number, name: string): Promise<string[]> {
   const res = await fetch(`http://127.0.0.1:${port}/metrics`);
   const text = await res.text();
@@ -89,12 +99,7 @@ describe('operator restart mid-rollout', () => {
       nodeSelector: { pool: 'r' },
       rollout: { maxParallelNodes: 1 },
     });
-    const env = {
-      KUBE_PREWARM_LEASE_NAME: 'restart-test',
-      KUBE_PREWARM_LEASE_DURATION_MS: '3000',
-      KUBE_PREWARM_RENEW_DEADLINE_MS: '2000',
-      KUBE_PREWARM_RETRY_PERIOD_MS: '500',
-    };
+    const env = fastLease('restart-test');
     const first = await spawnOperator('operator-1', kube.kubeconfigPath, redis.url, dir, {
       ...env,
       KUBE_PREWARM_IDENTITY: 'op-1',
@@ -196,12 +201,7 @@ describe('operator restart mid-rollout', () => {
         onStart: () => held,
       }),
     );
-    const env = {
-      KUBE_PREWARM_LEASE_NAME: 'orphan-test',
-      KUBE_PREWARM_LEASE_DURATION_MS: '3000',
-      KUBE_PREWARM_RENEW_DEADLINE_MS: '2000',
-      KUBE_PREWARM_RETRY_PERIOD_MS: '500',
-    };
+    const env = fastLease('orphan-test');
     const first = await spawnOperator('operator-o1', kube.kubeconfigPath, redis.url, dir, {
       ...env,
       KUBE_PREWARM_IDENTITY: 'op-o1',
