@@ -44,11 +44,21 @@ describe('ConnectionRamp', () => {
     assert.equal(ramp.frozen, true);
   });
 
-  it('gives back a doubling that bought nothing on a link-capped path, then holds', () => {
+  it('steps back up when fewer connections cost throughput', () => {
+    // A server that serves 4 streams at full speed, and no more.
+    const ramp = new ConnectionRamp(4, 16, 1000, 0);
+    assert.deepEqual(
+      drive(ramp, (n) => Math.min(n, 4) * 6_000, 4),
+      [8, 2, 4, 4],
+    );
+    assert.equal(ramp.frozen, true);
+  });
+
+  it('gives back a doubling that bought nothing on a link-capped path, then probes down to two', () => {
     const ramp = new ConnectionRamp(4, 16, 1000, 0);
     assert.deepEqual(
       drive(ramp, () => 25_000, 5),
-      [8, 4, 4, 4, 4],
+      [8, 2, 2, 2, 2],
     );
     assert.equal(ramp.frozen, true);
   });
@@ -60,11 +70,11 @@ describe('ConnectionRamp', () => {
     assert.equal(ramp.frozen, true);
   });
 
-  it('gives back the last doubling, to the maximum, when it bought nothing', () => {
+  it('gives back the last doubling, to the maximum, when it bought nothing, then probes down', () => {
     const ramp = new ConnectionRamp(8, 16, 1000, 0);
     assert.deepEqual(
-      drive(ramp, () => 25_000, 3),
-      [16, 8, 8],
+      drive(ramp, () => 25_000, 4),
+      [16, 4, 2, 2],
     );
     assert.equal(ramp.frozen, true);
   });
@@ -74,7 +84,7 @@ describe('ConnectionRamp', () => {
     // next level look like a gain.
     const ramp = new ConnectionRamp(4, 16, 1000, 0);
     const limits = drive(ramp, () => 25_000, 3);
-    assert.deepEqual(limits, [8, 4, 4]);
+    assert.deepEqual(limits, [8, 2, 2]);
     const slowStart = new ConnectionRamp(4, 16, 1000, 0);
     let now = 0;
     const report = (times: number, bytes: number) => {
@@ -87,7 +97,7 @@ describe('ConnectionRamp', () => {
     report(6, 25_000 * 100);
     assert.equal(slowStart.limit, 8);
     report(10, 25_000 * 100);
-    assert.equal(slowStart.limit, 4, 'the doubling bought nothing once both levels were measured settled');
+    assert.equal(slowStart.limit, 2, 'the doubling bought nothing once both levels were measured settled');
   });
 
   it('starts frozen at the maximum when the initial count reaches it, and never goes below 1', () => {

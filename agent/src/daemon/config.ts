@@ -174,7 +174,7 @@ export const AGENT_SETTINGS = {
     env: 'KUBE_PREWARM_CHUNK_INITIAL_CONCURRENCY',
     default: '4',
     description:
-      'Ranged requests a blob starts with; doubled each second while throughput still grows by a fifth, up to KUBE_PREWARM_CHUNK_CONCURRENCY.',
+      'Ranged requests a blob starts with; doubled each second while throughput still grows by a fifth (up to KUBE_PREWARM_CHUNK_CONCURRENCY), halved down to 2 when a doubling bought nothing and fewer hold the rate.',
     parse: int(1, 256),
   }),
   maxConnections: setting({

@@ -23,10 +23,10 @@ export interface BlobFetcherOptions {
   /**
    * Parallel ranged requests a blob starts with. Every `rampWindowMs` the count doubles
    * (up to `concurrencyPerBlob`) while the last doubling raised throughput by at least a
-   * fifth; once it does not, the count stays (and a doubling that bought under 5% is
-   * undone). A per-connection-capped path ramps to the maximum; a link- or server-capped
-   * one stays low, which saves CPU and the server's connections. Default 4; set it to
-   * `concurrencyPerBlob` to start at the maximum.
+   * fifth. A doubling that bought under 5% is undone, and the count then halves while
+   * throughput holds, down to two (see ConnectionRamp). A per-connection-capped path
+   * ramps to the maximum; a link- or server-capped one ends low, which saves CPU and the
+   * server's connections. Default 4; set it to `concurrencyPerBlob` to stay at the maximum.
    */
   initialConcurrency?: number;
   /** Length of one ramp measurement. Default 1000 ms. */

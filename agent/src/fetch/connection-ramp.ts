@@ -5,7 +5,11 @@
  * stream) ramps to the maximum; a link- or server-capped path stays low, which saves CPU
  * (every connection adds per-read overhead and out-of-order bytes to hold for hashing)
  * and the server's connection slots. A doubling that bought less than `undoBelow` is
- * given back, including the last one up to the maximum.
+ * given back, including the last one up to the maximum; the ramp then probes down,
+ * halving while the rate holds (within `holdWithin`) to a floor of `min(2, initial)`
+ * connections (two, not one, so one stream's loss recovery does not stall the blob), and
+ * steps back up once if a halving cost throughput. A link that one or two connections
+ * fill ends there.
  *
  * Each window starts with `settleMs` whose bytes are not counted: connections just opened
  * are still in TCP slow start, and counting them would make the level before look slower
@@ -20,6 +24,9 @@ export class ConnectionRamp {
   #windowStart: number;
   #windowBytes = 0;
   #frozen: boolean;
+  /** Probing down: the best rate measured, which fewer connections must hold. */
+  #downBase: number | undefined;
+  readonly #floor: number;
 
   constructor(
     initial: number,
@@ -29,8 +36,10 @@ export class ConnectionRamp {
     readonly settleMs = Math.floor(windowMs * 0.4),
     readonly gain = 1.2,
     readonly undoBelow = 1.05,
+    readonly holdWithin = 0.95,
   ) {
     this.#limit = Math.max(1, Math.min(max, initial));
+    this.#floor = Math.min(2, this.#limit);
     this.#prevLimit = this.#limit;
     this.#windowStart = now + settleMs;
     this.#frozen = this.#limit >= max;
@@ -54,6 +63,7 @@ export class ConnectionRamp {
     const rate = this.#windowBytes / Math.max(1, elapsed);
     this.#windowStart = now + this.settleMs;
     this.#windowBytes = 0;
+    if (this.#downBase !== undefined) return this.#stepDown(rate);
     const grew = this.#prevRate === 0 || rate >= this.#prevRate * this.gain;
     if (grew && this.#limit < this.max) {
       this.#prevRate = rate;
@@ -61,12 +71,36 @@ export class ConnectionRamp {
       this.#limit = Math.min(this.max, this.#limit * 2);
       return true;
     }
-    // No more growth, or at the maximum: hold here, or give back a doubling that bought nothing.
-    this.#frozen = true;
-    if (!grew && rate < this.#prevRate * this.undoBelow && this.#limit !== this.#prevLimit) {
-      this.#limit = this.#prevLimit;
-      return true;
+    if (grew || rate >= this.#prevRate * this.undoBelow || this.#limit === this.#prevLimit) {
+      // At the maximum and still growing, or a modest gain: hold here.
+      this.#frozen = true;
+      return false;
     }
-    return false;
+    // The doubling bought nothing: give it back, and see whether even fewer would do.
+    const best = Math.max(rate, this.#prevRate);
+    if (this.#prevLimit / 2 >= this.#floor) {
+      this.#downBase = best;
+      this.#limit = Math.floor(this.#prevLimit / 2);
+    } else {
+      this.#limit = this.#prevLimit;
+      this.#frozen = true;
+    }
+    return true;
+  }
+
+  /** One probe-down window measured at the current (halved) limit. */
+  #stepDown(rate: number): boolean {
+    if (rate >= (this.#downBase ?? 0) * this.holdWithin) {
+      if (this.#limit / 2 >= this.#floor) {
+        this.#limit = Math.floor(this.#limit / 2);
+        return true;
+      }
+      this.#frozen = true;
+      return false;
+    }
+    // Fewer connections cost throughput: back to the last level that held it.
+    this.#limit *= 2;
+    this.#frozen = true;
+    return true;
   }
 }
