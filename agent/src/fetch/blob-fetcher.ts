@@ -228,9 +228,8 @@ class Download extends EventEmitter implements InflightBlob {
   /** True while the bytes outside `#priority` must not be claimed. */
   #holding = false;
   #hold: Promise<void> | undefined;
-  /** Workers of this attempt; those with an index below `#limit` may hold a range. */
+  /** Workers of this attempt; those with an index below the ramp's limit may hold a range. */
   #workers = 0;
-  #limit = 0;
   #limitWaiters = new Set<() => void>();
   #ramp = new ConnectionRamp(1, 1, 0, 0);
 
@@ -374,7 +373,6 @@ class Download extends EventEmitter implements InflightBlob {
         this.opts.rampWindowMs,
         performance.now(),
       );
-      this.#limit = this.#ramp.limit;
       await Promise.all(Array.from({ length: this.#workers }, (_, i) => this.#worker(ingest, i)));
       if (this.#fatal !== undefined) throw this.#fatal;
       if (this.#controller.signal.aborted) throw abortError(this.#controller.signal);
@@ -399,7 +397,7 @@ class Download extends EventEmitter implements InflightBlob {
         bytesFromPeers: this.#fromPeers,
         bytesReread: this.#hasher.rereadBytes,
         ranged: !this.#streamMode,
-        ...(this.#streamMode || this.#workers === 0 ? {} : { connections: this.#limit }),
+        ...(this.#streamMode || this.#workers === 0 ? {} : { connections: this.#ramp.limit }),
         joined: false,
         ...(this.ownBucket ? { capWaits: this.ownBucket.waits } : {}),
       };
@@ -451,7 +449,7 @@ class Download extends EventEmitter implements InflightBlob {
       const remaining = pri.reduce((n, r) => n + r.end - r.start, 0);
       const len = Math.max(
         this.opts.minChunkSize,
-        Math.min(this.opts.chunkSize, Math.ceil(remaining / Math.max(1, this.#limit))),
+        Math.min(this.opts.chunkSize, Math.ceil(remaining / this.#ramp.limit)),
       );
       const end = Math.min(p.end, p.start + len);
       this.#todo.remove(p.start, end);
@@ -463,7 +461,7 @@ class Download extends EventEmitter implements InflightBlob {
     const remaining = this.#todo.size;
     const len = Math.max(
       this.opts.minChunkSize,
-      Math.min(this.opts.chunkSize, Math.ceil(remaining / Math.max(1, this.#limit))),
+      Math.min(this.opts.chunkSize, Math.ceil(remaining / this.#ramp.limit)),
     );
     const end = Math.min(first.end, first.start + len);
     this.#todo.remove(first.start, end);
@@ -493,7 +491,6 @@ class Download extends EventEmitter implements InflightBlob {
   #rampCount(n: number): void {
     const wasFrozen = this.#ramp.frozen;
     const changed = this.#ramp.count(n, performance.now());
-    this.#limit = this.#ramp.limit;
     // Parked workers start when the limit rises, and exit once the ramp is frozen below them.
     if (changed || this.#ramp.frozen !== wasFrozen) this.#wakeParked();
   }
@@ -510,7 +507,7 @@ class Download extends EventEmitter implements InflightBlob {
   async #work(ingest: Ingest, index: number): Promise<void> {
     const signal = this.#controller.signal;
     while (this.#fatal === undefined && !signal.aborted && !this.#streamMode) {
-      if (index >= this.#limit) {
+      if (index >= this.#ramp.limit) {
         if (this.#ramp.frozen || this.#todo.isEmpty) return;
         await this.#park(signal);
         continue;

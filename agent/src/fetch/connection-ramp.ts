@@ -71,8 +71,9 @@ export class ConnectionRamp {
       this.#limit = Math.min(this.max, this.#limit * 2);
       return true;
     }
-    if (grew || rate >= this.#prevRate * this.undoBelow || this.#limit === this.#prevLimit) {
-      // At the maximum and still growing, or a modest gain: hold here.
+    if (grew || rate >= this.#prevRate * this.undoBelow) {
+      // At the maximum and still growing, or a modest gain: hold here. (Otherwise the
+      // last window followed a doubling, so #prevLimit is below #limit.)
       this.#frozen = true;
       return false;
     }

@@ -146,8 +146,9 @@ export async function writeDirect(
 
 /**
  * Reads [position, position + length) of `fh` with direct I/O into a new Buffer. The span
- * read from disk is widened to ALIGN boundaries; bytes past `fileSize` are not asked for
- * beyond the last block. Throws when the file is shorter than asked.
+ * read from disk is widened to ALIGN boundaries (a read past the end of the file returns
+ * short, which is fine for the widened tail). Throws (code SHORT_READ) when the file ends
+ * before `position + length`.
  */
 export async function readDirect(
   fh: FileHandle,

@@ -307,9 +307,10 @@ class FsIngest implements Ingest {
   }
 
   async write(buffers: readonly Buffer[], position: number): Promise<void> {
+    if (!this.direct) return this.#writeBuffered(buffers, position);
     const length = buffers.reduce((n, b) => n + b.byteLength, 0);
-    const span = this.direct ? splitAligned(position, length) : undefined;
-    if (!this.direct || !span || span.end === span.start) return this.#writeBuffered(buffers, position);
+    const span = splitAligned(position, length);
+    if (span.end === span.start) return this.#writeBuffered(buffers, position);
     const head = span.start - position;
     const body = span.end - span.start;
     try {

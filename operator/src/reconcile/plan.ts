@@ -68,10 +68,6 @@ export function jobSettings(data: Partial<PrewarmJobData> | undefined): JobSetti
   };
 }
 
-function sameSettings(a: JobSettings, b: JobSettings): boolean {
-  return JSON.stringify(jobSettings(a)) === JSON.stringify(jobSettings(b));
-}
-
 /** One spec image entry after resolution (same order as `spec.images`). */
 export interface ResolvedImage {
   /** `imageName(spec entry)`. */
@@ -295,6 +291,8 @@ export function plan(input: PlanInput): Plan {
     ...(bandwidth !== undefined ? { bandwidthBytesPerSec: bandwidth } : {}),
     ...(spec.startup?.paths ? { startupPaths: spec.startup.paths } : {}),
   });
+  // Canonical (jobSettings), as observations' settings are: equal settings, equal JSON.
+  const settingsJson = JSON.stringify(settings);
   const completed: Plan['completed'] = [];
   const nodeWarmth = new Map<string, NodeWarmth>();
   const inFlightByRegistry = new Map<string, number>();
@@ -426,7 +424,12 @@ export function plan(input: PlanInput): Plan {
       if (!hasOwner(obs)) addOwner.push({ node: node.name, jobId: w.jobId });
       // A shared job keeps what its first owner asked for; two specs cannot both be honoured.
       const soleOwner = obs.owners.length === 1 && obs.owners[0]?.uid === owner.uid;
-      if (obs.state === 'pending' && soleOwner && obs.settings && !sameSettings(obs.settings, settings))
+      if (
+        obs.state === 'pending' &&
+        soleOwner &&
+        obs.settings &&
+        JSON.stringify(jobSettings(obs.settings)) !== settingsJson
+      )
         update.push({ node: node.name, jobId: w.jobId, settings });
       countPhase(
         w.img.name,
