@@ -6,12 +6,9 @@ import {
   StaticCredentials,
 } from '../../../oci/src/auth.js';
 import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
+import { kubeApiStatus, readSecretData, type SecretData } from '../../../oci/src/kube-secret.js';
 
-/** A Secret as the resolver needs it: its type and decoded data. */
-export interface SecretData {
-  type: string;
-  data: Record<string, Buffer>;
-}
+export type { SecretData };
 
 /**
  * Reads one Secret. Resolves `undefined` when it does not exist; rejects with an error
@@ -37,24 +34,9 @@ export class KubeSecretReader implements SecretReader {
     this.#core = kc.makeApiClient(CoreV1Api);
   }
 
-  async read(namespace: string, name: string): Promise<SecretData | undefined> {
-    try {
-      const s = await this.#core.readNamespacedSecret({ namespace, name });
-      const data: Record<string, Buffer> = {};
-      for (const [k, v] of Object.entries(s.data ?? {})) data[k] = Buffer.from(v, 'base64');
-      return { type: s.type ?? 'Opaque', data };
-    } catch (err) {
-      if (httpStatus(err) === 404) return undefined;
-      throw err;
-    }
+  read(namespace: string, name: string): Promise<SecretData | undefined> {
+    return readSecretData(() => this.#core.readNamespacedSecret({ namespace, name }));
   }
-}
-
-function httpStatus(err: unknown): number | undefined {
-  const e = err as { code?: unknown; statusCode?: unknown } | null;
-  if (typeof e?.code === 'number') return e.code;
-  if (typeof e?.statusCode === 'number') return e.statusCode;
-  return undefined;
 }
 
 /** Credentials looked up in each provider in turn; the first that knows the host wins. */
@@ -138,7 +120,7 @@ export class PullSecretResolver {
     try {
       secret = await this.#reader.read(namespace, name);
     } catch (err) {
-      const status = httpStatus(err);
+      const status = kubeApiStatus(err);
       if (status === 403 || status === 401)
         throw failure(
           ref,

@@ -9,6 +9,7 @@ import {
   type V1Node,
   type V1Taint,
 } from '@kubernetes/client-node';
+import { readSecretData, type SecretData } from '../../../oci/src/kube-secret.js';
 import { GROUP, type ImagePrewarm, PLURAL, VERSION } from '../api/types.js';
 import { type NodeView, nodeView } from '../reconcile/nodes.js';
 import { type ListPage, ListWatchCache, type ListWatchLogger } from './list-watch.js';
@@ -100,19 +101,8 @@ export class ClientNodePort implements KubePort {
     );
   }
 
-  async readSecret(
-    namespace: string,
-    name: string,
-  ): Promise<{ type: string; data: Record<string, Buffer> } | undefined> {
-    try {
-      const s = await this.#core.readNamespacedSecret({ namespace, name });
-      const data: Record<string, Buffer> = {};
-      for (const [k, v] of Object.entries(s.data ?? {})) data[k] = Buffer.from(v, 'base64');
-      return { type: s.type ?? 'Opaque', data };
-    } catch (err) {
-      if (apiStatus(err) === 404) return undefined;
-      throw err;
-    }
+  readSecret(namespace: string, name: string): Promise<SecretData | undefined> {
+    return readSecretData(() => this.#core.readNamespacedSecret({ namespace, name }));
   }
 
   async readLease(namespace: string, name: string): Promise<V1Lease | undefined> {

@@ -4,6 +4,7 @@
  * the operator needs (and its RBAC) is visible in one place.
  */
 import type { V1Lease, V1Taint } from '@kubernetes/client-node';
+import { kubeApiStatus, type SecretData } from '../../../oci/src/kube-secret.js';
 import type { ImagePrewarm } from '../api/types.js';
 import type { NodeView } from '../reconcile/nodes.js';
 
@@ -26,12 +27,8 @@ export interface ApiError extends Error {
   statusCode?: number;
 }
 
-export function apiStatus(err: unknown): number | undefined {
-  const e = err as { code?: unknown; statusCode?: unknown };
-  if (typeof e?.code === 'number') return e.code;
-  if (typeof e?.statusCode === 'number') return e.statusCode;
-  return undefined;
-}
+/** The API server's HTTP status of an error (kubeApiStatus, shared with the agent). */
+export const apiStatus = kubeApiStatus;
 
 export interface KubePort {
   readonly prewarms: WatchedCache<ImagePrewarm>;
@@ -52,10 +49,7 @@ export interface KubePort {
   /** Replaces `spec.taints` of a node, guarded by `resourceVersion`. */
   setNodeTaints(name: string, taints: V1Taint[], resourceVersion: string): Promise<void>;
   /** A Secret's `type` and decoded `data`, or undefined when it does not exist. */
-  readSecret(
-    namespace: string,
-    name: string,
-  ): Promise<{ type: string; data: Record<string, Buffer> } | undefined>;
+  readSecret(namespace: string, name: string): Promise<SecretData | undefined>;
   readLease(namespace: string, name: string): Promise<V1Lease | undefined>;
   /** Creates a Lease; 409 when it exists. */
   createLease(namespace: string, lease: V1Lease): Promise<V1Lease>;
