@@ -25,6 +25,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs, promisify } from 'node:util';
 import type { V1Node } from '@kubernetes/client-node';
 import { Redis } from 'ioredis';
+import { eachLimited } from '../oci/src/concurrency.js';
 import type { Digest } from '../oci/src/digest.js';
 import { nodeQueueName, prewarmJobId, QUEUE_PREFIX } from '../oci/src/job-contract.js';
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION } from '../operator/src/api/types.js';
@@ -140,19 +141,6 @@ async function metricSum(port: number, name: string): Promise<number> {
     .split('\n')
     .filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
     .reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
-}
-
-async function eachLimited<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<unknown>,
-): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: limit }, async () => {
-      while (next < items.length) await fn(items[next++]!);
-    }),
-  );
 }
 
 async function main(): Promise<void> {

@@ -5,6 +5,8 @@
  * startup-ready: every eStargz layer's startup region verified, every other blob (config,
  * plain layers) committed. The image warmer drives it (see ImageWarmer.warm).
  */
+
+import { eachLimited } from '../../../oci/src/concurrency.js';
 import type { Digest } from '../../../oci/src/digest.js';
 import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import type { Descriptor } from '../../../oci/src/manifest.js';
@@ -123,50 +125,44 @@ export class StartupFirst {
       seen.add(d.digest);
       todo.push(i);
     }
-    let next = 0;
-    const worker = async () => {
-      while (next < todo.length) {
-        const i = todo[next++] as number;
-        const d = descriptors[i] as Descriptor;
-        if (await opts.store.stat(d.digest)) continue;
-        let probe: Awaited<ReturnType<typeof probeEstargz>>;
-        try {
-          const sources = await opts.sourcesFor(d.digest);
-          probe = await probeEstargz(d, rangeReader(sources, opts.target(d), opts.signal), opts.probe);
-        } catch (err) {
-          if (opts.signal?.aborted || isPrewarmError(err, ErrorCodes.ABORTED)) throw err;
-          summary.plain.push({ digest: d.digest, reason: 'probe-failed', detail: (err as Error).message });
-          continue;
-        }
-        if (probe.kind === 'plain') {
-          if (probe.reason !== 'not-gzip' && probe.reason !== 'no-annotation')
-            summary.plain.push({
-              digest: d.digest,
-              reason: probe.reason,
-              ...(probe.detail ? { detail: probe.detail } : {}),
-            });
-          continue;
-        }
-        let release!: () => void;
-        const held = new Promise<void>((resolve) => {
-          release = resolve;
-        });
-        const layout = probe.layout;
-        layers.set(i, {
-          index: i,
-          digest: d.digest,
-          layout,
-          // An unverified TOC orders the download but never makes the layer startup-ready.
-          state: layout.unverifiable === undefined ? 'pending' : 'failed',
-          release,
-          held,
-        });
-        if (layout.unverifiable === undefined) summary.estargzLayers.push(d.digest);
-        else summary.plain.push({ digest: d.digest, reason: 'verify-failed', detail: layout.unverifiable });
+    await eachLimited(todo, opts.probeConcurrency ?? 4, async (i) => {
+      const d = descriptors[i] as Descriptor;
+      if (await opts.store.stat(d.digest)) return;
+      let probe: Awaited<ReturnType<typeof probeEstargz>>;
+      try {
+        const sources = await opts.sourcesFor(d.digest);
+        probe = await probeEstargz(d, rangeReader(sources, opts.target(d), opts.signal), opts.probe);
+      } catch (err) {
+        if (opts.signal?.aborted || isPrewarmError(err, ErrorCodes.ABORTED)) throw err;
+        summary.plain.push({ digest: d.digest, reason: 'probe-failed', detail: (err as Error).message });
+        return;
       }
-    };
-    const n = Math.max(1, Math.min(opts.probeConcurrency ?? 4, todo.length));
-    await Promise.all(Array.from({ length: n }, worker));
+      if (probe.kind === 'plain') {
+        if (probe.reason !== 'not-gzip' && probe.reason !== 'no-annotation')
+          summary.plain.push({
+            digest: d.digest,
+            reason: probe.reason,
+            ...(probe.detail ? { detail: probe.detail } : {}),
+          });
+        return;
+      }
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const layout = probe.layout;
+      layers.set(i, {
+        index: i,
+        digest: d.digest,
+        layout,
+        // An unverified TOC orders the download but never makes the layer startup-ready.
+        state: layout.unverifiable === undefined ? 'pending' : 'failed',
+        release,
+        held,
+      });
+      if (layout.unverifiable === undefined) summary.estargzLayers.push(d.digest);
+      else summary.plain.push({ digest: d.digest, reason: 'verify-failed', detail: layout.unverifiable });
+    });
     if (layers.size === 0) return undefined;
     return new StartupFirst(opts, descriptors, layers, summary);
   }

@@ -1,4 +1,5 @@
 import type { RegistryClient } from '../../../oci/src/client.js';
+import { eachLimited } from '../../../oci/src/concurrency.js';
 import type { Digest } from '../../../oci/src/digest.js';
 import { abortError } from '../../../oci/src/errors.js';
 import { type Descriptor, manifestBlobs } from '../../../oci/src/manifest.js';
@@ -175,18 +176,12 @@ export class ImageWarmer {
       emit();
     };
     const order = startup?.order ?? descriptors.map((_, i) => i);
-    let next = 0;
-    const worker = async () => {
-      while (next < order.length) {
-        if (opts.signal?.aborted) throw abortError(opts.signal);
-        const i = order[next++] as number;
-        await (startup?.run(i) ?? fetchOne(i));
-      }
-    };
-    const n = Math.max(1, Math.min(opts.blobConcurrency ?? 3, descriptors.length));
     try {
       startup?.begin(fetchOne);
-      await Promise.all(Array.from({ length: n }, worker));
+      await eachLimited(order, opts.blobConcurrency ?? 3, async (i) => {
+        if (opts.signal?.aborted) throw abortError(opts.signal);
+        await (startup?.run(i) ?? fetchOne(i));
+      });
     } finally {
       startup?.close();
     }

@@ -15,6 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { parseDockerConfig, StaticCredentials } from '../../../oci/src/auth.js';
+import { eachLimited } from '../../../oci/src/concurrency.js';
 import type { Digest } from '../../../oci/src/digest.js';
 import { isPrewarmError } from '../../../oci/src/errors.js';
 import type { PrewarmMode, PrewarmOwnerRef } from '../../../oci/src/job-contract.js';
@@ -726,22 +727,6 @@ export class PrewarmController {
     this.#log.info({ node: name, gatedBy: gating.map(prewarmKey) }, 'startup taint removed: images warm');
     return undefined;
   }
-}
-
-/** Runs `fn` over `items` with at most `limit` running at once; rejects with the first error. */
-async function eachLimited<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<unknown>,
-): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const item = items[next++]!;
-      await fn(item);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 function splitKey(key: string): [string, string] {
