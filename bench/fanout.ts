@@ -31,6 +31,7 @@ import { nodeQueueName, prewarmJobId, QUEUE_PREFIX } from '../oci/src/job-contra
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION } from '../operator/src/api/types.js';
 import { pushImage } from '../test/harness/images.js';
 import { REPO_ROOT, startKube } from '../test/harness/kube.js';
+import { metricSum } from '../test/harness/metrics.js';
 import { type ManagedProcess, spawnProcess, waitUntil } from '../test/harness/process.js';
 import { startRedis } from '../test/harness/redis.js';
 import { startRegistry } from '../test/harness/registry.js';
@@ -133,14 +134,6 @@ async function procStatus(pid: number): Promise<{ rss: number; hwm: number }> {
   const kib = (k: string): number =>
     Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? 0) * 1024;
   return { rss: kib('VmRSS'), hwm: kib('VmHWM') };
-}
-
-async function metricSum(port: number, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  return text
-    .split('\n')
-    .filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
-    .reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
 }
 
 async function main(): Promise<void> {

@@ -5,6 +5,7 @@
  */
 export * from './fault-proxy.js';
 export * from './images.js';
+export * from './metrics.js';
 export * from './process.js';
 export * from './redis.js';
 export * from './registry.js';

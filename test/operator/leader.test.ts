@@ -10,6 +10,7 @@ import type { V1Lease } from '@kubernetes/client-node';
 import { pushImage } from '../harness/images.js';
 import type { KubeHandle } from '../harness/kube.js';
 import { createNode } from '../harness/kube-nodes.js';
+import { metricSum } from '../harness/metrics.js';
 import type { ManagedProcess } from '../harness/process.js';
 import type { RedisHandle } from '../harness/redis.js';
 import type { RegistryHandle } from '../harness/registry.js';
@@ -27,15 +28,6 @@ import { SimAgent } from './sim-agent.js';
 
 const LEASE = 'ha-test';
 const LEASE_MS = 3_000;
-
-/** Sum of a metric's samples on a replica (0 when it has none). */
-async function metricSum(port: number, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  return text
-    .split('\n')
-    .filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
-    .reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
-}
 
 describe('leader election between two replicas', () => {
   const cleanup = new Cleanup();
