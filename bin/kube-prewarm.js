@@ -1,12 +1,15 @@
 #!/usr/bin/env node
 // Entry point for the `kube-prewarm` command; the code lives in dist/ (built by `npm run build`,
-// which `npm ci` runs through the `prepare` script). `operator` starts the controller; every
-// other subcommand (warm, serve, agent) belongs to the node-side CLI. The two are separate
-// programs that never import each other.
+// which `npm ci` runs through the `prepare` script). `operator` starts the controller and
+// `webhooks` the registry webhook receiver (no Kubernetes credentials); every other
+// subcommand (warm, serve, agent) belongs to the node-side CLI. They are separate programs
+// that never import each other.
 const [command] = process.argv.slice(2);
 
 if (command === 'operator') {
   await import('../dist/operator/src/main.js');
+} else if (command === 'webhooks') {
+  await import('../dist/operator/src/webhooks-main.js');
 } else {
   const { main } = await import('../dist/agent/src/cli/main.js');
   main(process.argv.slice(2)).then(

@@ -8,16 +8,18 @@
 import { hostname } from 'node:os';
 import { ErrorCodes, PrewarmError } from '../../oci/src/errors.js';
 
-type Parser<T> = (raw: string) => T;
+/** Turns a raw environment value into a setting's value; throws with a readable reason. */
+export type Parser<T> = (raw: string) => T;
 
-interface Setting<T> {
+/** One setting: its variable, default and description declared together. */
+export interface Setting<T> {
   env: string;
   default: T;
   description: string;
   parse: Parser<T>;
 }
 
-function int(min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> {
+export function int(min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> {
   return (raw) => {
     if (!/^-?\d+$/.test(raw.trim())) throw new Error(`not an integer: ${JSON.stringify(raw)}`);
     const n = Number(raw);
@@ -26,9 +28,9 @@ function int(min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> {
   };
 }
 
-const str: Parser<string> = (raw) => raw;
+export const str: Parser<string> = (raw) => raw;
 
-function oneOf<T extends string>(...values: T[]): Parser<T> {
+export function oneOf<T extends string>(...values: T[]): Parser<T> {
   return (raw) => {
     if (!(values as string[]).includes(raw)) throw new Error(`must be one of ${values.join(', ')}`);
     return raw as T;
@@ -49,7 +51,7 @@ const hostLimits: Parser<Record<string, number>> = (raw) => {
   return out;
 };
 
-const redisUrl: Parser<string> = (raw) => {
+export const redisUrl: Parser<string> = (raw) => {
   const u = new URL(raw);
   if (u.protocol !== 'redis:' && u.protocol !== 'rediss:')
     throw new Error('must be a redis:// or rediss:// URL');
@@ -189,7 +191,7 @@ export const SETTINGS = {
     env: 'KUBE_PREWARM_WEBHOOKS_CONFIG',
     default: '',
     description:
-      'Path to a JSON or YAML file with the webhook sources and secrets (mount it from a Secret). Empty: no webhooks.',
+      'Also serve the webhooks in this process, from this JSON or YAML file (development and tests; the chart runs `kube-prewarm webhooks` instead). Empty: no webhooks here.',
     parse: str,
   },
   shutdownTimeoutMs: {
@@ -204,13 +206,18 @@ type Settings = typeof SETTINGS;
 export type OperatorConfig = { [K in keyof Settings]: Settings[K]['default'] };
 
 /**
- * Reads and validates every setting from `env`. Unset or empty variables take the
- * default. Throws PW_ERR_INVALID_CONFIG listing all problems at once.
+ * Reads every setting of `settings` from `env`: unset or empty variables take the default.
+ * Throws PW_ERR_INVALID_CONFIG listing all problems at once (`what` names the binary).
+ * Shared by every binary of the operator side so each has one validated config.
  */
-export function loadConfig(env: Readonly<Record<string, string | undefined>>): OperatorConfig {
+export function loadSettings<S extends Record<string, Setting<unknown>>>(
+  settings: S,
+  env: Readonly<Record<string, string | undefined>>,
+  what: string,
+): { [K in keyof S]: S[K]['default'] } {
   const out: Record<string, unknown> = {};
   const problems: string[] = [];
-  for (const [key, s] of Object.entries(SETTINGS) as [string, Setting<unknown>][]) {
+  for (const [key, s] of Object.entries(settings) as [string, Setting<unknown>][]) {
     const raw = env[s.env];
     if (raw === undefined || raw === '') {
       out[key] = s.default;
@@ -222,30 +229,38 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): O
       problems.push(`${s.env}: ${(err as Error).message}`);
     }
   }
-  const cfg = out as OperatorConfig;
-  if (problems.length === 0) {
-    if (!(cfg.retryPeriodMs < cfg.renewDeadlineMs && cfg.renewDeadlineMs < cfg.leaseDurationMs)) {
-      problems.push(
-        'need KUBE_PREWARM_RETRY_PERIOD_MS < KUBE_PREWARM_RENEW_DEADLINE_MS < KUBE_PREWARM_LEASE_DURATION_MS',
-      );
-    }
-  }
-  if (problems.length > 0) {
-    throw new PrewarmError(
-      ErrorCodes.INVALID_CONFIG,
-      `invalid operator configuration: ${problems.join('; ')}`,
-      {
-        detail: { problems },
-      },
-    );
+  if (problems.length > 0) throw invalidConfig(what, problems);
+  return out as { [K in keyof S]: S[K]['default'] };
+}
+
+function invalidConfig(what: string, problems: string[]): PrewarmError {
+  return new PrewarmError(
+    ErrorCodes.INVALID_CONFIG,
+    `invalid ${what} configuration: ${problems.join('; ')}`,
+    {
+      detail: { problems },
+    },
+  );
+}
+
+/**
+ * Reads and validates every setting from `env`. Unset or empty variables take the
+ * default. Throws PW_ERR_INVALID_CONFIG listing all problems at once.
+ */
+export function loadConfig(env: Readonly<Record<string, string | undefined>>): OperatorConfig {
+  const cfg: OperatorConfig = loadSettings(SETTINGS, env, 'operator');
+  if (!(cfg.retryPeriodMs < cfg.renewDeadlineMs && cfg.renewDeadlineMs < cfg.leaseDurationMs)) {
+    throw invalidConfig('operator', [
+      'need KUBE_PREWARM_RETRY_PERIOD_MS < KUBE_PREWARM_RENEW_DEADLINE_MS < KUBE_PREWARM_LEASE_DURATION_MS',
+    ]);
   }
   if (cfg.identity === '') cfg.identity = `${hostname()}-${Math.random().toString(36).slice(2, 8)}`;
   return cfg;
 }
 
 /** The settings as a Markdown table (for operator/README.md). */
-export function configTable(): string {
-  const rows = Object.values(SETTINGS).map((s: Setting<unknown>) => {
+export function configTable(settings: Record<string, Setting<unknown>> = SETTINGS): string {
+  const rows = Object.values(settings).map((s: Setting<unknown>) => {
     const d = typeof s.default === 'object' ? '' : String(s.default);
     return `| \`${s.env}\` | ${d === '' ? '(empty)' : `\`${d}\``} | ${s.description} |`;
   });

@@ -8,13 +8,12 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
-import { parse as parseYaml } from 'yaml';
 import { loadConfig } from './config.js';
 import { ClientNodePort } from './kube/client-node-port.js';
 import { errFields } from './logger.js';
 import { Operator } from './operator.js';
 import { Resolver } from './resolve/resolver.js';
-import { createWebhookHandler, RedisDedupStore, type WebhookOptions } from './webhooks/index.js';
+import { createWebhookHandler, parseWebhookOptionsFile, RedisDedupStore } from './webhooks/index.js';
 
 async function main(): Promise<void> {
   const cfg = loadConfig(process.env);
@@ -58,9 +57,11 @@ async function main(): Promise<void> {
     },
   );
 
+  // Webhooks in this process: development and tests only. The chart runs them in the
+  // separate receiver (webhooks-main.ts), which holds no Kubernetes credentials.
   let webhooks: ReturnType<typeof createWebhookHandler> | undefined;
   if (cfg.webhooksConfig) {
-    const options = parseYaml(await readFile(cfg.webhooksConfig, 'utf8')) as WebhookOptions;
+    const options = parseWebhookOptionsFile(await readFile(cfg.webhooksConfig, 'utf8'));
     webhooks = createWebhookHandler(
       {
         onPush: (event) => operator.onPush(event),

@@ -3,10 +3,12 @@
  * stay warm and answer webhooks); the controller and the push-event consumer run only
  * while this replica holds the Lease.
  *
- * The webhook seam: `onPush(event)` is what the webhook handler calls. It appends the
- * event to the shared push inbox (any replica may receive a webhook) and answers with how
- * many ImagePrewarms it matches locally; the leader consumes the inbox, records the
- * triggers and reconciles: PushEvent → matching ImagePrewarms → re-resolve → enqueue.
+ * Push events arrive through the shared push inbox (a Redis stream): the webhook receiver
+ * (`kube-prewarm webhooks`, a separate process without Kubernetes credentials) appends to
+ * it, and the leader consumes it, records the triggers and reconciles: PushEvent →
+ * matching ImagePrewarms → re-resolve → enqueue. `onPush(event)` is the same seam for a
+ * webhook handler mounted in this process (development and tests): it appends to the
+ * inbox and answers with how many ImagePrewarms it matches locally.
  */
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';

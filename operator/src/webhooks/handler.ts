@@ -2,9 +2,14 @@
  * The webhook router: `POST <basePath>/<source>` for every configured source, one shared
  * pipeline in front of the source modules:
  *
- *   method → content type → header credentials → body (size, time) → source
- *   (signature, parse, replay window) → untagged filter → backlog room → dedup claim
- *   → 202 → onPush, asynchronously
+ *   method → content type → header credentials (shared secrets, query tokens, OIDC JWT)
+ *   → room in the body budget → body (per-source size limit, time) → source (signature,
+ *   parse, replay window) → untagged filter → backlog room → dedup claim → 202 → onPush,
+ *   asynchronously
+ *
+ * Nothing is buffered for a sender that a header could have refused: a source that can
+ * authenticate from headers does so before the body is read, and every body read holds a
+ * reservation in a process-wide `BodyBudget` until the delivery is answered.
  *
  * Every rejection is a JSON 4xx/5xx body (see errors.ts) and dispatches nothing. A 202
  * means "authenticated and parsed"; whether any ImagePrewarm cares is `onPush`'s
@@ -13,11 +18,12 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
+import { BodyBudget, DEFAULT_MAX_INFLIGHT_BODY_BYTES } from './body-budget.js';
 import { checkKnownKeys, checkSecrets, nonNegativeInt, positiveInt } from './config.js';
 import type { DedupStore } from './dedup-store.js';
 import { Dispatcher } from './dispatcher.js';
 import { isWebhookError, WebhookError, WebhookErrorCodes } from './errors.js';
-import { checkContentType, readBody } from './http-body.js';
+import { checkContentType, headerValue, readBody } from './http-body.js';
 import type { WebhookLogger } from './logger.js';
 import { WebhookMetrics } from './metrics.js';
 import type { PushDispatchResult, PushEvent, WebhookSourceName } from './push-event.js';
@@ -29,7 +35,14 @@ import { type GcrPubSubSourceOptions, gcrPubSubSource } from './sources/gcr.js';
 import { type GitHubSourceOptions, gitHubSource } from './sources/github.js';
 import { type HarborSourceOptions, harborSource } from './sources/harbor.js';
 import { type EcrSnsSourceOptions, ecrSnsSource } from './sources/sns.js';
-import type { SourceContext, SourceEvent, SourceOutcome, WebhookSource } from './sources/source.js';
+import {
+  BODY_AUTH_DEFAULT_MAX_BYTES,
+  type HeaderContext,
+  type SourceContext,
+  type SourceEvent,
+  type SourceOutcome,
+  type WebhookSource,
+} from './sources/source.js';
 
 /** Which sources are enabled, each with its credentials. Omitted sources answer 404. */
 export interface WebhookSourcesOptions {
@@ -55,7 +68,11 @@ export interface WebhookOptions {
   sources: WebhookSourcesOptions;
   /** URL path prefix. Default `/webhooks`. */
   basePath?: string;
-  /** Largest body read, bytes. Default 1 MiB (registry push payloads are a few KiB). */
+  /**
+   * Largest body read from an authenticated sender, bytes. Default 1 MiB (registry push
+   * payloads are a few KiB). Sources that authenticate by the body (github, ecrSns) default
+   * to the smaller of this and 64 KiB; every source takes its own `maxBodyBytes` too.
+   */
   maxBodyBytes?: number;
   /** Time allowed for the whole body to arrive, ms. Default 10 000. */
   bodyTimeoutMs?: number;
@@ -107,6 +124,12 @@ export interface WebhookDeps {
   metrics: Registry;
   /** Clock, ms since the epoch. Default `Date.now` (tests inject a fixed time). */
   now?: () => number;
+  /**
+   * The process-wide budget for bodies being read. Share one between the handlers a
+   * process builds over time (configuration reloads). Default: a budget of its own of
+   * 16 MiB.
+   */
+  bodyBudget?: BodyBudget;
 }
 
 export interface WebhookHandler {
@@ -120,9 +143,12 @@ export interface WebhookHandler {
   handle(req: IncomingMessage, res: ServerResponse): void;
   /** Dispatches queued or running. */
   readonly pending: number;
+  /** Deliveries being read or processed (not yet answered). */
+  readonly inflight: number;
   /**
    * Stops accepting (new deliveries get 503, senders retry elsewhere or later) and waits up
-   * to `timeoutMs` (default 10 s) for queued dispatches. Resolves true when all finished.
+   * to `timeoutMs` (default 10 s) for deliveries being read and for queued dispatches.
+   * Resolves true when all finished.
    */
   close(timeoutMs?: number): Promise<boolean>;
 }
@@ -132,6 +158,13 @@ const SOURCE_DEFAULT_MAX_AGE: Partial<Record<WebhookSourceName, number>> = { ecr
 interface Route {
   source: WebhookSource;
   maxEventAgeMs: number;
+  maxBodyBytes: number;
+}
+
+/** The per-source settings every source options type has (see SOURCE_OPTION_KEYS). */
+interface PerSourceLimits {
+  maxEventAgeSeconds?: number | undefined;
+  maxBodyBytes?: number | undefined;
 }
 
 /**
@@ -140,7 +173,7 @@ interface Route {
  * option is out of range: a webhook endpoint anyone can call must not start half-configured.
  */
 export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions): WebhookHandler {
-  checkKnownKeys(options, OPTION_KEYS, 'options');
+  checkKnownKeys(options, WEBHOOK_OPTION_KEYS, 'options');
   checkKnownKeys(options.sources, SOURCE_KEYS, 'sources');
   const basePath = normaliseBasePath(options.basePath ?? '/webhooks');
   const maxBodyBytes = positiveInt(options.maxBodyBytes ?? 1024 * 1024, 'maxBodyBytes');
@@ -153,28 +186,36 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
   const log = deps.logger.child({ component: 'webhooks' });
   const metrics = new WebhookMetrics(deps.metrics);
 
+  const budget = deps.bodyBudget ?? new BodyBudget({ maxBytes: DEFAULT_MAX_INFLIGHT_BODY_BYTES });
+
   const routes = new Map<WebhookSourceName, Route>();
-  const add = (source: WebhookSource, perSourceMaxAge: number | undefined): void => {
+  const add = (source: WebhookSource, limits: PerSourceLimits): void => {
     const seconds = positiveInt(
-      perSourceMaxAge ?? SOURCE_DEFAULT_MAX_AGE[source.name] ?? defaultMaxAge,
+      limits.maxEventAgeSeconds ?? SOURCE_DEFAULT_MAX_AGE[source.name] ?? defaultMaxAge,
       `${source.name}.maxEventAgeSeconds`,
     );
-    routes.set(source.name, { source, maxEventAgeMs: seconds * 1000 });
+    const bodyLimit = positiveInt(
+      limits.maxBodyBytes ??
+        (source.authenticatedBy === 'body'
+          ? Math.min(maxBodyBytes, BODY_AUTH_DEFAULT_MAX_BYTES)
+          : maxBodyBytes),
+      `${source.name}.maxBodyBytes`,
+    );
+    routes.set(source.name, { source, maxEventAgeMs: seconds * 1000, maxBodyBytes: bodyLimit });
   };
   const s = options.sources;
   for (const [key, known] of Object.entries(SOURCE_OPTION_KEYS)) {
     const o = s[key as keyof WebhookSourcesOptions];
     if (o !== undefined) checkKnownKeys(o, known, `sources.${key}`);
   }
-  if (s.acr) add(acrSource(checkSecrets(s.acr, 'acr')), s.acr.maxEventAgeSeconds);
-  if (s.ecr) add(ecrEventBridgeSource(checkSecrets(s.ecr, 'ecr')), s.ecr.maxEventAgeSeconds);
-  if (s.ecrSns) add(ecrSnsSource(s.ecrSns), s.ecrSns.maxEventAgeSeconds);
-  if (s.gcr) add(gcrPubSubSource(s.gcr), s.gcr.maxEventAgeSeconds);
-  if (s.distribution)
-    add(distributionSource(checkSecrets(s.distribution, 'distribution')), s.distribution.maxEventAgeSeconds);
-  if (s.harbor) add(harborSource(checkSecrets(s.harbor, 'harbor')), s.harbor.maxEventAgeSeconds);
-  if (s.dockerhub) add(dockerHubSource(s.dockerhub), s.dockerhub.maxEventAgeSeconds);
-  if (s.github) add(gitHubSource(checkSecrets(s.github, 'github')), undefined);
+  if (s.acr) add(acrSource(checkSecrets(s.acr, 'acr')), s.acr);
+  if (s.ecr) add(ecrEventBridgeSource(checkSecrets(s.ecr, 'ecr')), s.ecr);
+  if (s.ecrSns) add(ecrSnsSource(s.ecrSns), s.ecrSns);
+  if (s.gcr) add(gcrPubSubSource(s.gcr), s.gcr);
+  if (s.distribution) add(distributionSource(checkSecrets(s.distribution, 'distribution')), s.distribution);
+  if (s.harbor) add(harborSource(checkSecrets(s.harbor, 'harbor')), s.harbor);
+  if (s.dockerhub) add(dockerHubSource(s.dockerhub), s.dockerhub);
+  if (s.github) add(gitHubSource(checkSecrets(s.github, 'github')), s.github);
 
   const longestWindow = Math.max(0, ...[...routes.values()].map((r) => r.maxEventAgeMs / 1000));
   const minTtl = longestWindow + skewSeconds;
@@ -192,6 +233,29 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
   });
   const shutdown = new AbortController();
   let closing = false;
+  let inflight = 0;
+  let inflightIdle: (() => void)[] = [];
+  const deliveryDone = (): void => {
+    inflight--;
+    if (inflight > 0) return;
+    const waiters = inflightIdle;
+    inflightIdle = [];
+    for (const w of waiters) w();
+  };
+  const inflightDrained = (timeoutMs: number): Promise<boolean> =>
+    inflight === 0
+      ? Promise.resolve(true)
+      : new Promise((resolve) => {
+          const timer = setTimeout(() => {
+            inflightIdle = inflightIdle.filter((w) => w !== done);
+            resolve(false);
+          }, timeoutMs);
+          const done = (): void => {
+            clearTimeout(timer);
+            resolve(true);
+          };
+          inflightIdle.push(done);
+        });
 
   const dispatch = (name: WebhookSourceName, item: SourceEvent): void => {
     dispatcher.run(async () => {
@@ -241,19 +305,39 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
     const { source } = route;
     const query = new URL(req.url ?? '/', 'http://localhost').searchParams;
     checkContentType(req.headers, source.contentTypes);
-    source.checkHeaders?.({ headers: req.headers, query });
-    const body = await readBody(req, maxBodyBytes, bodyTimeoutMs);
-    const ctx: SourceContext = {
+    const hctx: HeaderContext = {
       headers: req.headers,
       query,
-      body,
       nowMs: now(),
       maxEventAgeMs: route.maxEventAgeMs,
       maxClockSkewMs: skewSeconds * 1000,
       signal: shutdown.signal,
       log: log.child({ source: name }),
     };
-    const outcome: SourceOutcome = await source.handle(ctx);
+    // Authenticates every sender a header can prove, before a byte of body is read.
+    await source.checkHeaders?.(hctx);
+    const reservation = budget.tryReserve(
+      bodyReservation(req, route.maxBodyBytes),
+      source.authenticatedBy === 'headers',
+    );
+    if (reservation === undefined) throw unavailable('too many request bodies are being read');
+    try {
+      await receive(req, res, name, route, hctx);
+    } finally {
+      reservation.release();
+    }
+  };
+
+  const receive = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    name: WebhookSourceName,
+    route: Route,
+    hctx: HeaderContext,
+  ): Promise<void> => {
+    const body = await readBody(req, route.maxBodyBytes, bodyTimeoutMs);
+    const ctx: SourceContext = { ...hctx, body, nowMs: now() };
+    const outcome: SourceOutcome = await route.source.handle(ctx);
 
     let ignored = outcome.ignored;
     const candidates = outcome.events.filter((e) => {
@@ -317,7 +401,10 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
       return;
     }
     const sourceName = name as WebhookSourceName;
-    processDelivery(req, res, sourceName, route).catch((err: unknown) => reject(req, res, sourceName, err));
+    inflight++;
+    processDelivery(req, res, sourceName, route)
+      .catch((err: unknown) => reject(req, res, sourceName, err))
+      .finally(deliveryDone);
   };
 
   const reject = (req: IncomingMessage, res: ServerResponse, source: string, err: unknown): void => {
@@ -369,9 +456,14 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
     get pending() {
       return dispatcher.pending;
     },
+    get inflight() {
+      return inflight;
+    },
     close: async (timeoutMs = 10_000) => {
       closing = true;
-      const drained = await dispatcher.drain(timeoutMs);
+      const deadline = Date.now() + timeoutMs;
+      const answered = await inflightDrained(timeoutMs);
+      const drained = (await dispatcher.drain(Math.max(0, deadline - Date.now()))) && answered;
       shutdown.abort(new PrewarmError(ErrorCodes.ABORTED, 'webhook handler closed'));
       await Promise.all([...routes.values()].map((r) => r.source.close?.()));
       return drained;
@@ -379,7 +471,8 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
   };
 }
 
-const OPTION_KEYS: readonly (keyof WebhookOptions)[] = [
+/** Every key of WebhookOptions (a configuration file may hold these and no others). */
+export const WEBHOOK_OPTION_KEYS: readonly (keyof WebhookOptions)[] = [
   'sources',
   'basePath',
   'maxBodyBytes',
@@ -403,16 +496,27 @@ const SOURCE_KEYS: readonly (keyof WebhookSourcesOptions)[] = [
   'github',
 ];
 
+const LIMIT_KEYS = ['maxEventAgeSeconds', 'maxBodyBytes'] as const;
 const SOURCE_OPTION_KEYS: Record<keyof WebhookSourcesOptions, readonly string[]> = {
-  acr: ['header', 'secrets', 'registry', 'maxEventAgeSeconds'],
-  ecr: ['header', 'secrets', 'accounts', 'maxEventAgeSeconds'],
-  ecrSns: ['topicArns', 'certificates', 'certificateFetch', 'autoConfirm', 'accounts', 'maxEventAgeSeconds'],
-  gcr: ['tokens', 'oidc', 'subscriptions', 'maxEventAgeSeconds'],
-  distribution: ['header', 'secrets', 'registry', 'maxEventAgeSeconds'],
-  harbor: ['header', 'secrets', 'registry', 'maxEventAgeSeconds'],
-  dockerhub: ['tokens', 'registry', 'maxEventAgeSeconds'],
-  github: ['secrets', 'registry'],
+  acr: ['header', 'secrets', 'registry', ...LIMIT_KEYS],
+  ecr: ['header', 'secrets', 'accounts', ...LIMIT_KEYS],
+  ecrSns: ['topicArns', 'certificates', 'certificateFetch', 'autoConfirm', 'accounts', ...LIMIT_KEYS],
+  gcr: ['tokens', 'oidc', 'subscriptions', ...LIMIT_KEYS],
+  distribution: ['header', 'secrets', 'registry', ...LIMIT_KEYS],
+  harbor: ['header', 'secrets', 'registry', ...LIMIT_KEYS],
+  dockerhub: ['tokens', 'registry', ...LIMIT_KEYS],
+  github: ['secrets', 'registry', ...LIMIT_KEYS],
 };
+
+/**
+ * What a body may hold at most: its announced length when it announces one within the
+ * limit (Node's parser never delivers more than Content-Length), otherwise the limit
+ * (chunked bodies; over-long announcements are refused by readBody before reading).
+ */
+function bodyReservation(req: IncomingMessage, limit: number): number {
+  const announced = Number(headerValue(req.headers, 'content-length'));
+  return Number.isInteger(announced) && announced >= 0 && announced <= limit ? announced : limit;
+}
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   return new Promise((resolve, reject) => {

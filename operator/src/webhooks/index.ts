@@ -9,9 +9,17 @@
  * http.createServer((req, res) => (webhooks.matches(req.url) ? webhooks.handle(req, res) : other(req, res)));
  * // on SIGTERM: await webhooks.close(10_000);
  * ```
- * or, standalone on its own port: `createWebhookServer(deps, { ...options, host, port })`.
+ * or, standalone on its own port: `createWebhookServer(deps, { ...options, host, port })`,
+ * which is what the receiver process (`kube-prewarm webhooks`, operator/src/webhooks-main.ts)
+ * runs, with connection and body-budget caps.
  */
 
+export {
+  BodyBudget,
+  type BodyBudgetOptions,
+  type BodyReservation,
+  DEFAULT_MAX_INFLIGHT_BODY_BYTES,
+} from './body-budget.js';
 export { MIN_SECRET_LENGTH } from './config.js';
 export { type DedupStore, MemoryDedupStore, type MemoryDedupStoreOptions } from './dedup-store.js';
 export { isWebhookError, WebhookError, type WebhookErrorCode, WebhookErrorCodes } from './errors.js';
@@ -24,6 +32,7 @@ export {
 } from './handler.js';
 export { type LogFn, silentLogger, type WebhookLogger } from './logger.js';
 export { DELIVERIES_METRIC, EVENTS_METRIC, type EventOutcome } from './metrics.js';
+export { parseWebhookOptionsFile } from './options-file.js';
 export {
   type PushDispatchResult,
   type PushEvent,

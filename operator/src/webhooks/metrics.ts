@@ -3,7 +3,7 @@
  * passes; registering twice on the same registry (two handlers in one process, tests)
  * reuses the existing collectors instead of throwing.
  */
-import { Counter, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 
 /** Deliveries (HTTP requests) by source and answered status code. */
 export const DELIVERIES_METRIC = 'kprw_webhook_deliveries_total';
@@ -57,7 +57,8 @@ export class WebhookMetrics {
   }
 }
 
-function getOrCreateCounter<L extends string>(
+/** The counter `name` on `registry`, created on first use. */
+export function getOrCreateCounter<L extends string>(
   registry: Registry,
   name: string,
   help: string,
@@ -66,4 +67,22 @@ function getOrCreateCounter<L extends string>(
   const existing = registry.getSingleMetric(name);
   if (existing instanceof Counter) return existing as Counter<L>;
   return new Counter<L>({ name, help, labelNames, registers: [registry] });
+}
+
+/**
+ * A gauge whose value is read at scrape time from `read`, created on first use. A second
+ * call on the same registry (a reloaded handler, a second server in tests) keeps the first
+ * reader: each registry belongs to one process and one server.
+ */
+export function getOrCreateGauge(registry: Registry, name: string, help: string, read: () => number): Gauge {
+  const existing = registry.getSingleMetric(name);
+  if (existing instanceof Gauge) return existing;
+  return new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.set(read());
+    },
+  });
 }

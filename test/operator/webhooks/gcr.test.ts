@@ -1,12 +1,23 @@
 /**
  * Artifact Registry / GCR via Pub/Sub push: the fixtures' base64 notifications parsed to
  * PushEvents; the push OIDC token verified with `jose` against a JWKS made in the test
- * (issuer, audience, expiry, service account), and the shared query token.
+ * (issuer, audience, expiry, service account), inline or served by a real JWKS endpoint on
+ * 127.0.0.1, and the shared query token. OIDC without a service-account allow-list is
+ * refused at start: a real Google token of any other service account must get 401.
  */
 import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { exportJWK, generateKeyPair, type JWK, SignJWT } from 'jose';
-import { WebhookErrorCodes } from '../../../operator/src/webhooks/index.js';
+import { Registry } from 'prom-client';
+import { isPrewarmError } from '../../../oci/src/errors.js';
+import {
+  createWebhookHandler,
+  MemoryDedupStore,
+  silentLogger,
+  WebhookErrorCodes,
+} from '../../../operator/src/webhooks/index.js';
 import { errorCode, fixture, fixtureJson, type Harness, NOW, NOW_ISO, startHarness } from './helpers.js';
 
 const AUDIENCE = 'https://prewarm.acme.example/webhooks/gcr';
@@ -147,18 +158,18 @@ describe('GCR with OIDC and token', () => {
     );
   });
 
-  it('refuses other service accounts and subscriptions with 403', async () => {
+  it('refuses tokens of other service accounts (401) and other subscriptions (403)', async () => {
     await refused(
       fixture('gcr/insert-tag.json'),
       await authed({ email: 'someone@acme-ml.iam.gserviceaccount.com' }),
-      403,
-      WebhookErrorCodes.FORBIDDEN,
+      401,
+      WebhookErrorCodes.UNAUTHENTICATED,
     );
     await refused(
       fixture('gcr/insert-tag.json'),
       await authed({ email_verified: false }),
-      403,
-      WebhookErrorCodes.FORBIDDEN,
+      401,
+      WebhookErrorCodes.UNAUTHENTICATED,
     );
     const other = { ...fixtureJson('gcr/insert-tag.json'), subscription: 'projects/x/subscriptions/y' };
     await refused(JSON.stringify(other), await authed(), 403, WebhookErrorCodes.FORBIDDEN);
@@ -211,6 +222,73 @@ describe('GCR with the token only', () => {
       assert.equal((await h.post('gcr', fixture('gcr/insert-tag.json'), {})).status, 401);
     } finally {
       await h.close();
+    }
+  });
+});
+
+describe('GCR OIDC against a JWKS endpoint', () => {
+  let jwksServer: Server;
+  let jwksUrl: string;
+  let jwksHits = 0;
+  before(async () => {
+    jwksServer = createServer((_req, res) => {
+      jwksHits++;
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((r) => jwksServer.listen(0, '127.0.0.1', r));
+    jwksUrl = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/oauth2/v3/certs`;
+  });
+  after(() => new Promise<void>((r) => jwksServer.close(() => r())));
+
+  it('accepts the configured service account and answers 401 to a real token of a foreign one', async () => {
+    const h = await startHarness({
+      options: {
+        sources: { gcr: { oidc: { jwksUrl, audience: AUDIENCE, serviceAccountEmails: [SA] } } },
+      },
+    });
+    try {
+      const ok = await h.post('gcr', fixture('gcr/insert-tag.json'), {
+        headers: { Authorization: `Bearer ${await jwt()}` },
+      });
+      assert.equal(ok.status, 202, ok.body);
+      assert.ok(jwksHits >= 1, 'the keys came from the JWKS endpoint');
+      // Signed by the same (Google) key, right issuer and audience: only the account differs.
+      const foreign = await jwt({ email: 'attacker@evil-project.iam.gserviceaccount.com' });
+      const r = await h.post('gcr', fixture('gcr/insert-tag.json'), {
+        headers: { Authorization: `Bearer ${foreign}` },
+      });
+      assert.equal(r.status, 401, r.body);
+      assert.equal(errorCode(r), WebhookErrorCodes.UNAUTHENTICATED);
+      await h.settle();
+      assert.equal(h.events.length, 1);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('refuses to start with OIDC but no service-account allow-list', () => {
+    const deps = {
+      onPush: async () => {},
+      dedup: new MemoryDedupStore(),
+      logger: silentLogger(),
+      metrics: new Registry(),
+    };
+    for (const serviceAccountEmails of [undefined, [], ['']]) {
+      assert.throws(
+        () =>
+          createWebhookHandler(deps, {
+            sources: {
+              gcr: {
+                tokens: [TOKEN],
+                oidc: { jwksUrl, audience: AUDIENCE, serviceAccountEmails } as never,
+              },
+            },
+          }),
+        (err: unknown) =>
+          isPrewarmError(err, 'PW_ERR_INVALID_CONFIG') && /serviceAccountEmails/.test((err as Error).message),
+        JSON.stringify(serviceAccountEmails),
+      );
     }
   });
 });

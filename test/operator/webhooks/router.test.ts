@@ -306,7 +306,13 @@ describe('configuration', () => {
     invalid(() => createWebhookHandler(deps, { sources: { acr: { secrets: ['short'] } } }));
     invalid(() => createWebhookHandler(deps, { sources: { dockerhub: { tokens: [] } } }));
     invalid(() => createWebhookHandler(deps, { sources: { gcr: {} } }));
-    invalid(() => createWebhookHandler(deps, { sources: { gcr: { oidc: { audience: 'x' } } } }));
+    invalid(() =>
+      createWebhookHandler(deps, {
+        sources: {
+          gcr: { oidc: { audience: 'x', serviceAccountEmails: ['push@p.iam.gserviceaccount.com'] } },
+        },
+      }),
+    );
     invalid(() =>
       createWebhookHandler(deps, {
         sources: { ecrSns: { topicArns: ['arn:aws:sns:eu-west-1:210987654321:t'] } },

@@ -198,6 +198,33 @@ describe('SNS notifications with configured certificates', () => {
     assert.equal(r.status, 415);
   });
 
+  it('refuses before the body a missing or foreign topic header, and a body whose topic differs from it', async () => {
+    const body = signed(notification(), signer);
+    const none = await h.post('ecr-sns', body, { contentType: 'text/plain' });
+    assert.equal(none.status, 401, none.body);
+    const other = await h.post('ecr-sns', body, {
+      contentType: 'text/plain',
+      headers: { 'x-amz-sns-topic-arn': 'arn:aws:sns:eu-west-1:210987654321:other' },
+    });
+    assert.equal(other.status, 403, other.body);
+    const topics = [TOPIC, 'arn:aws:sns:eu-west-1:210987654321:second'];
+    const h2 = await startHarness({
+      options: { sources: { ecrSns: { topicArns: topics, certificates: [signer.certPem] } } },
+    });
+    try {
+      const mismatch = await h2.post('ecr-sns', body, {
+        contentType: 'text/plain',
+        headers: { 'x-amz-sns-message-type': 'Notification', 'x-amz-sns-topic-arn': topics[1]! },
+      });
+      assert.equal(mismatch.status, 400, mismatch.body);
+      assert.equal(errorCode(mismatch), WebhookErrorCodes.MALFORMED);
+      await h2.settle();
+      assert.deepEqual(h2.events, []);
+    } finally {
+      await h2.close();
+    }
+  });
+
   it('ignores authentic notifications that are not ECR events', async () => {
     const r = await h.post(
       'ecr-sns',

@@ -352,6 +352,18 @@ describe('CNCF distribution', () => {
     assert.deepEqual(r.events, []);
   });
 
+  it('drops a push event without a timestamp as stale: a replay with its times cut out cannot move a tag', async () => {
+    const env = fixtureJson('distribution/push-manifest.json');
+    const events = env.events as Record<string, unknown>[];
+    const { timestamp: _dropped, ...undated } = events[1]!;
+    events[1] = { ...undated, id: 'undated-in-envelope' };
+    const r = await deliver('distribution', JSON.stringify(env), distAuth);
+    assert.equal(r.res.status, 202, 'acknowledged: distribution would retry a 4xx forever');
+    assert.equal(r.res.json.stale, 1);
+    assert.equal(r.res.json.accepted, 0);
+    assert.deepEqual(r.events, []);
+  });
+
   it('rejects unauthenticated, wrong-type, truncated and malformed envelopes', async () => {
     const body = fixture('distribution/push-manifest.json');
     await rejected(
@@ -385,7 +397,7 @@ describe('CNCF distribution', () => {
     await rejected('distribution', '{"events": {}}', distAuth, 400, WebhookErrorCodes.MALFORMED);
     await rejected(
       'distribution',
-      '{"events": [{"action": "push", "target": {"tag": "x", "repository": "UPPER/case"}, "id": "1"}]}',
+      '{"events": [{"action": "push", "timestamp": "2024-05-14T09:30:00Z", "target": {"tag": "x", "repository": "UPPER/case"}, "id": "1"}]}',
       distAuth,
       400,
       WebhookErrorCodes.MALFORMED,
@@ -525,8 +537,8 @@ describe('GitHub package events (GHCR)', () => {
       mediaType: 'application/vnd.oci.image.index.v1+json',
       source: 'github',
       eventId: e.eventId,
-      // The version's year-1 dates mean "unknown": the receive time stands in.
-      timestamp: NOW_ISO,
+      // The version's year-1 dates mean "unknown": the package's updated_at stands in.
+      timestamp: '2024-05-14T09:30:14.000Z',
       receivedAt: NOW_ISO,
     });
   });

@@ -33,11 +33,14 @@ export interface AcrSourceOptions {
   registry?: string;
   /** Replay window for this source, seconds. Default: the router's `maxEventAgeSeconds`. */
   maxEventAgeSeconds?: number;
+  /** Largest body, bytes (checked after the sender is authenticated). Default: the router's `maxBodyBytes`. */
+  maxBodyBytes?: number;
 }
 
 export function acrSource(opts: AcrSourceOptions): WebhookSource {
   return {
     name: 'acr',
+    authenticatedBy: 'headers',
     // ACR sends application/json unless the webhook sets its own Content-Type header.
     contentTypes: ['application/json'],
     checkHeaders: headerSecretCheck(opts),

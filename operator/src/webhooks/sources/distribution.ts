@@ -9,8 +9,9 @@
  * dropped by the router unless `forwardUntagged`, so an index push is one PushEvent.
  *
  * distribution retries a failed envelope forever and blocks its queue meanwhile, so events
- * outside the replay window are dropped one by one (counted as stale) while the envelope is
- * still acknowledged; a 4xx there would wedge the registry's notification queue.
+ * outside the replay window, and events without a timestamp, are dropped one by one
+ * (counted as stale) while the envelope is still acknowledged; a 4xx there would wedge the
+ * registry's notification queue.
  */
 
 import { PUSHABLE_MANIFEST_TYPES } from './manifest-types.js';
@@ -47,6 +48,8 @@ export interface DistributionSourceOptions {
   registry?: string;
   /** Replay window for this source, seconds. Default: the router's `maxEventAgeSeconds`. */
   maxEventAgeSeconds?: number;
+  /** Largest body, bytes (checked after the sender is authenticated). Default: the router's `maxBodyBytes`. */
+  maxBodyBytes?: number;
 }
 
 /** Media types distribution versions and forks send envelopes with. */
@@ -59,6 +62,7 @@ export const DISTRIBUTION_CONTENT_TYPES = [
 export function distributionSource(opts: DistributionSourceOptions): WebhookSource {
   return {
     name: 'distribution',
+    authenticatedBy: 'headers',
     contentTypes: DISTRIBUTION_CONTENT_TYPES,
     checkHeaders: headerSecretCheck(opts),
     handle: async (ctx) => parseEnvelope(ctx, opts.registry),
@@ -86,8 +90,11 @@ function parseEnvelope(ctx: SourceContext, registryOverride: string | undefined)
       return;
     }
     const id = reqString(ev, 'id', path);
+    // Every distribution release stamps each event. One without a usable time cannot be
+    // placed in the replay window, so it is dropped like a stale one: a replayed envelope
+    // with its timestamps cut out must not move a tag back.
     const tsMs = parseTimestamp(ev.timestamp);
-    if (tsMs !== undefined && !isFresh(tsMs, ctx)) {
+    if (tsMs === undefined || !isFresh(tsMs, ctx)) {
       out.stale++;
       return;
     }

@@ -26,6 +26,8 @@ export interface DockerHubSourceOptions {
   registry?: string;
   /** Replay window, seconds (by `pushed_at`). Default: the router's. */
   maxEventAgeSeconds?: number;
+  /** Largest body, bytes (checked after the sender is authenticated). Default: the router's `maxBodyBytes`. */
+  maxBodyBytes?: number;
 }
 
 export function dockerHubSource(opts: DockerHubSourceOptions): WebhookSource {
@@ -33,6 +35,7 @@ export function dockerHubSource(opts: DockerHubSourceOptions): WebhookSource {
   const registry = opts.registry ?? 'docker.io';
   return {
     name: 'dockerhub',
+    authenticatedBy: 'headers',
     contentTypes: ['application/json'],
     checkHeaders: (ctx) => checkQueryToken(ctx, tokens),
     handle: async (ctx) => {

@@ -41,11 +41,14 @@ export interface EcrEventBridgeSourceOptions {
   accounts?: string[];
   /** Replay window, seconds. Default 86 400 (EventBridge retries a delivery for up to 24 h). */
   maxEventAgeSeconds?: number;
+  /** Largest body, bytes (checked after the sender is authenticated). Default: the router's `maxBodyBytes`. */
+  maxBodyBytes?: number;
 }
 
 export function ecrEventBridgeSource(opts: EcrEventBridgeSourceOptions): WebhookSource {
   return {
     name: 'ecr',
+    authenticatedBy: 'headers',
     contentTypes: ['application/json'],
     checkHeaders: headerSecretCheck(opts, 'x-api-key'),
     handle: async (ctx) => parseEcrEvent(parseJsonObject(ctx.body), ctx, 'ecr', opts.accounts),

@@ -4,11 +4,14 @@
  * attributes }, subscription }` where `data` is base64 of
  * `{ "action": "INSERT"|"DELETE", "digest": "<host>/<path>@sha256:…", "tag": "<host>/<path>:<tag>" }`.
  *
- * Authentication, either or both (all configured ones must pass):
+ * Authentication, either or both (all configured ones must pass), both before the body is
+ * read:
  * - a shared token in the push endpoint URL (`…/gcr?token=<token>`), and/or
  * - the OIDC JWT Pub/Sub attaches with `--push-auth-service-account`, verified with `jose`
  *   against a configured JWKS (or a configured JWKS URL), issuer accounts.google.com,
- *   the configured audience, and optionally the service account e-mail.
+ *   the configured audience, and a verified e-mail on `serviceAccountEmails`. The list is
+ *   required: Google signs tokens for every service account of every project, so
+ *   signature, issuer and audience alone admit anyone who can name our audience.
  * Unwrapped ("no wrapper") push payloads are not supported: they lose messageId/publishTime.
  */
 import {
@@ -27,6 +30,7 @@ import {
   checkQueryToken,
   emptyOutcome,
   freshTimestamp,
+  type HeaderContext,
   oneEvent,
   optString,
   parseJsonObject,
@@ -43,8 +47,11 @@ export interface GcrOidcOptions {
   jwksUrl?: string;
   /** Expected `aud`: the subscription's `--push-auth-token-audience` (default there: the push endpoint URL). */
   audience: string | string[];
-  /** Accepted `email` claims (the `--push-auth-service-account`). Default: any verified e-mail. */
-  serviceAccountEmails?: string[];
+  /**
+   * Accepted `email` claims (the `--push-auth-service-account`), required: a token of any
+   * other service account is refused with 401.
+   */
+  serviceAccountEmails: string[];
   /** Accepted issuers. Default `https://accounts.google.com` and `accounts.google.com`. */
   issuers?: string[];
 }
@@ -58,6 +65,8 @@ export interface GcrPubSubSourceOptions {
   subscriptions?: string[];
   /** Replay window, seconds (by publishTime). Default 86 400: Pub/Sub keeps retrying for days. */
   maxEventAgeSeconds?: number;
+  /** Largest body, bytes (checked after the sender is authenticated). Default: the router's `maxBodyBytes`. */
+  maxBodyBytes?: number;
 }
 
 const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -79,10 +88,20 @@ export function gcrPubSubSource(opts: GcrPubSubSourceOptions): WebhookSource {
     const aud = Array.isArray(oidc.audience) ? oidc.audience : [oidc.audience];
     if (aud.length === 0 || aud.some((a) => typeof a !== 'string' || a.length === 0))
       throw invalidConfig('gcr.oidc.audience is required');
+    const emails = oidc.serviceAccountEmails as unknown;
+    if (
+      !Array.isArray(emails) ||
+      emails.length === 0 ||
+      emails.some((e) => typeof e !== 'string' || !e.includes('@'))
+    ) {
+      throw invalidConfig(
+        'gcr.oidc.serviceAccountEmails must list the push service account(s): without it a token of any Google service account would be accepted',
+      );
+    }
   }
   const subscriptions = opts.subscriptions === undefined ? undefined : new Set(opts.subscriptions);
 
-  const verifyJwt = async (ctx: SourceContext): Promise<void> => {
+  const verifyJwt = async (ctx: HeaderContext): Promise<void> => {
     if (oidc === undefined || keys === undefined) return;
     const auth = headerValue(ctx.headers, 'authorization');
     const m = auth === undefined ? null : /^Bearer\s+([A-Za-z0-9._~+/=-]+)$/i.exec(auth.trim());
@@ -100,27 +119,25 @@ export function gcrPubSubSource(opts: GcrPubSubSourceOptions): WebhookSource {
       ctx.log.debug({ reason: (err as Error).message }, 'Pub/Sub token rejected');
       throw unauthenticated('Pub/Sub OIDC token does not verify (signature, issuer, audience or expiry)');
     }
-    if (oidc.serviceAccountEmails !== undefined) {
-      if (
-        payload.email_verified !== true ||
-        typeof payload.email !== 'string' ||
-        !oidc.serviceAccountEmails.includes(payload.email)
-      ) {
-        throw forbidden('Pub/Sub OIDC token is not from an accepted service account');
-      }
+    // A valid Google token of someone else's service account is no credential here.
+    if (
+      payload.email_verified !== true ||
+      typeof payload.email !== 'string' ||
+      !oidc.serviceAccountEmails.includes(payload.email)
+    ) {
+      throw unauthenticated('Pub/Sub OIDC token is not from an accepted service account');
     }
   };
 
   return {
     name: 'gcr',
     contentTypes: ['application/json'],
-    checkHeaders: (ctx) => {
+    authenticatedBy: 'headers',
+    checkHeaders: async (ctx) => {
       if (tokens !== undefined) checkQueryToken(ctx, tokens);
-    },
-    handle: async (ctx) => {
       await verifyJwt(ctx);
-      return parsePush(ctx, subscriptions);
     },
+    handle: async (ctx) => parsePush(ctx, subscriptions),
   };
 }
 

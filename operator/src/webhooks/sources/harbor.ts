@@ -41,11 +41,14 @@ export interface HarborSourceOptions {
   registry?: string;
   /** Replay window, seconds (by `occur_at` / `time`). Default: the router's. */
   maxEventAgeSeconds?: number;
+  /** Largest body, bytes (checked after the sender is authenticated). Default: the router's `maxBodyBytes`. */
+  maxBodyBytes?: number;
 }
 
 export function harborSource(opts: HarborSourceOptions): WebhookSource {
   return {
     name: 'harbor',
+    authenticatedBy: 'headers',
     contentTypes: ['application/json', 'application/cloudevents+json'],
     checkHeaders: headerSecretCheck(opts),
     handle: async (ctx) => parseHarbor(ctx, opts.registry),

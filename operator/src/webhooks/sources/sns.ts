@@ -3,9 +3,10 @@
  * subscription to `<basePath>/ecr-sns`). SNS posts `text/plain` JSON documents of three
  * types, each signed by SNS:
  *
- * - `SubscriptionConfirmation`: by default only logged (with the SubscribeURL to visit or
- *   the token for `aws sns confirm-subscription`); visited automatically only when
- *   `autoConfirm.allowedHosts` lists its host.
+ * - `SubscriptionConfirmation`: visited automatically only when `autoConfirm.allowedHosts`
+ *   lists its host; otherwise only noted in the log by topic ARN and URL host. The
+ *   SubscribeURL and Token are credentials (they confirm the subscription) and are never
+ *   logged.
  * - `Notification`: `Message` is the EventBridge event (see ecr.ts).
  * - `UnsubscribeConfirmation`: logged, ignored.
  *
@@ -14,6 +15,10 @@
  * SigningCertURL names, once). The payload's SigningCertURL is never fetched unless
  * `certificateFetch.allowedHosts` lists its host. Raw message delivery must be off: raw
  * messages carry no signature and are refused.
+ *
+ * Before the body is read, the `x-amz-sns-topic-arn` header SNS always sends must name an
+ * accepted topic (anyone can forge it; it only keeps scanners from making us buffer
+ * bodies), and the signed body's TopicArn must then equal it.
  */
 import { verify, X509Certificate } from 'node:crypto';
 import { checkKnownKeys, invalidConfig } from '../config.js';
@@ -24,6 +29,7 @@ import { OutboundFetcher, type OutboundOptions } from './outbound.js';
 import {
   emptyOutcome,
   freshTimestamp,
+  type HeaderContext,
   isObject,
   type JsonObject,
   optString,
@@ -50,6 +56,11 @@ export interface EcrSnsSourceOptions {
   accounts?: string[];
   /** Replay window, seconds (applies to the SNS Timestamp and the event time). Default: the router's. */
   maxEventAgeSeconds?: number;
+  /**
+   * Largest body, bytes. Default 64 KiB: the body is read before its signature can be
+   * checked, and an SNS message carrying an ECR event is a few KiB.
+   */
+  maxBodyBytes?: number;
 }
 
 type SnsType = 'Notification' | 'SubscriptionConfirmation' | 'UnsubscribeConfirmation';
@@ -185,17 +196,15 @@ export function ecrSnsSource(opts: EcrSnsSourceOptions): WebhookSource {
   const confirm = async (msg: JsonObject, ctx: SourceContext, topic: string): Promise<SourceOutcome> => {
     const subscribeUrl = reqString(msg, 'SubscribeURL', '$');
     if (confirmer === undefined) {
-      // The URL (and its token) only confirms a subscription the topic owner created; it is
-      // what the operator of this endpoint needs to finish the set-up by hand.
+      // The URL carries the confirmation token: a credential, so only its host is logged.
       ctx.log.warn(
-        {
-          topicArn: topic,
-          subscribeUrl,
-          confirmWith: `aws sns confirm-subscription --topic-arn ${topic} --token <Token>`,
-        },
-        'SNS subscription confirmation received; auto-confirm is off, confirm it by hand',
+        { topicArn: topic, subscribeHost: urlHost(subscribeUrl) },
+        'SNS subscription confirmation received; autoConfirm is off: allow-list this host in ecrSns.autoConfirm.allowedHosts, or confirm the subscription in SNS',
       );
-      return emptyOutcome(1, 'subscription confirmation logged; confirm it by hand (autoConfirm is off)');
+      return emptyOutcome(
+        1,
+        'subscription confirmation not visited; confirm it by hand (autoConfirm is off)',
+      );
     }
     const url = confirmer.check(subscribeUrl, 'SubscribeURL');
     try {
@@ -218,6 +227,10 @@ export function ecrSnsSource(opts: EcrSnsSourceOptions): WebhookSource {
     name: 'ecr-sns',
     // SNS always posts text/plain; application/json only from hand-made test senders.
     contentTypes: ['text/plain', 'application/json'],
+    authenticatedBy: 'body',
+    checkHeaders: (ctx) => {
+      topicFromHeaders(ctx, topics);
+    },
     handle: async (ctx) => {
       const msg = parseJsonObject(ctx.body);
       const type = reqString(msg, 'Type', '$');
@@ -228,7 +241,9 @@ export function ecrSnsSource(opts: EcrSnsSourceOptions): WebhookSource {
         throw malformed('x-amz-sns-message-type does not match the body Type');
       const topic = reqString(msg, 'TopicArn', '$');
       // Checked before the signature so unknown topics cannot make us fetch certificates.
-      if (!topics.has(topic)) throw forbidden(`SNS topic ${topic} is not accepted here`);
+      if (!topics.has(topic)) throw forbidden(`SNS topic ${topic.slice(0, 256)} is not accepted here`);
+      if (topic !== topicFromHeaders(ctx, topics))
+        throw malformed('x-amz-sns-topic-arn does not match the body TopicArn');
       await verifySignature(msg, ctx);
       freshTimestamp(msg.Timestamp, ctx, 'Timestamp must be an RFC 3339 date-time', 'SNS message');
 
@@ -251,6 +266,24 @@ export function ecrSnsSource(opts: EcrSnsSourceOptions): WebhookSource {
       await Promise.all([certFetcher?.close(), confirmer?.close()]);
     },
   };
+}
+
+/** The accepted topic named by `x-amz-sns-topic-arn`: 401 when absent, 403 when not accepted. */
+function topicFromHeaders(ctx: HeaderContext, topics: ReadonlySet<string>): string {
+  const topic = headerValue(ctx.headers, 'x-amz-sns-topic-arn');
+  if (topic === undefined || topic.length === 0)
+    throw unauthenticated('missing x-amz-sns-topic-arn header (SNS sends it with every message)');
+  if (!topics.has(topic)) throw forbidden(`SNS topic ${topic.slice(0, 256)} is not accepted here`);
+  return topic;
+}
+
+/** The host of a URL for a log line, never its path or query (which may carry tokens). */
+function urlHost(raw: string): string | undefined {
+  try {
+    return new URL(raw).host.slice(0, 256);
+  } catch {
+    return undefined;
+  }
 }
 
 function certValidAt(cert: X509Certificate, nowMs: number): boolean {

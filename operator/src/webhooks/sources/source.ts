@@ -21,19 +21,19 @@ export interface HeaderContext {
   readonly headers: IncomingHttpHeaders;
   /** Query string of the request URL (tokens for senders that cannot set headers). */
   readonly query: URLSearchParams;
-}
-
-export interface SourceContext extends HeaderContext {
-  readonly body: Buffer;
   /** Clock, ms since the epoch (injected for tests). */
   readonly nowMs: number;
   /** Events older than this (by their own timestamp) are stale. */
   readonly maxEventAgeMs: number;
-  /** Events dated further than this in the future are stale. */
+  /** Events dated further than this in the future are stale; also the JWT clock tolerance. */
   readonly maxClockSkewMs: number;
-  /** Aborted when the server shuts down; for the few allowed outbound calls. */
+  /** Aborted when the server shuts down; for the few allowed outbound calls (JWKS, SNS). */
   readonly signal: AbortSignal;
   readonly log: WebhookLogger;
+}
+
+export interface SourceContext extends HeaderContext {
+  readonly body: Buffer;
 }
 
 /** One event found in a delivery, with the key it is deduplicated under. */
@@ -56,15 +56,32 @@ export interface SourceOutcome {
   note?: string;
 }
 
+/**
+ * Where a source's sender is authenticated:
+ * - `headers`: `checkHeaders` proves the sender (shared secret in a header or the query,
+ *   a signed JWT in `Authorization`) before a byte of the body is read;
+ * - `body`: the proof covers the body (GitHub's HMAC, SNS's signature), so the body must be
+ *   read first. Those bodies get a small default limit and share only part of the
+ *   receiver's in-flight body budget (see handler.ts), and `checkHeaders` still refuses
+ *   requests that lack the signature's headers before reading.
+ */
+export type AuthStage = 'headers' | 'body';
+
+/** Default body limit of sources authenticated by the body: their payloads are a few KiB. */
+export const BODY_AUTH_DEFAULT_MAX_BYTES = 64 * 1024;
+
 export interface WebhookSource {
   readonly name: WebhookSourceName;
   /** Media types (lower-case, no parameters) this source's sender uses. */
   readonly contentTypes: readonly string[];
+  /** Where the sender is authenticated (see `AuthStage`). */
+  readonly authenticatedBy: AuthStage;
   /**
-   * Authentication that needs only headers/query (shared secrets): runs before the body is
-   * read, so unauthenticated senders cannot make us buffer anything. Throws 401/403.
+   * Runs before the body is read. For `authenticatedBy: 'headers'` it authenticates (throws
+   * 401/403), so unauthenticated senders cannot make us buffer anything; for `'body'` it
+   * refuses requests that cannot possibly verify (no signature header, unknown topic).
    */
-  checkHeaders?(ctx: HeaderContext): void;
+  checkHeaders?(ctx: HeaderContext): void | Promise<void>;
   /**
    * Authenticates what needs the body (signatures), parses, and returns the events.
    * Throws `WebhookError` (4xx) for anything the sender must be told about.
