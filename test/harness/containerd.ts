@@ -40,6 +40,35 @@ export interface ContainerdOptions {
    * reachable from here: unix sockets live in the filesystem.
    */
   netns?: string;
+  /** Run it as a kubelet's runtime (test/harness/cluster.ts): see `ContainerdNodeOptions`. */
+  node?: ContainerdNodeOptions;
+}
+
+/**
+ * containerd as the runtime of a real kubelet node. It runs inside the node's mount and
+ * network namespaces (`exec`), where the node's own directories are bind-mounted over
+ * `/run/containerd` and `/etc/containerd/certs.d`, so the chart's default host paths work
+ * unchanged. The CRI settings are those a kubelet on this machine needs (TESTBED.md):
+ * `restrict_oom_score_adj` (no CAP_SYS_RESOURCE here), a pause image from the test
+ * registry, netns mounts under the state dir, runc v2 with cgroupfs, and CNI plugins from
+ * Debian's containernetworking-plugins.
+ */
+export interface ContainerdNodeOptions {
+  /** The node's directory; containerd's root, state and config go below it. */
+  dir: string;
+  /** Wraps a command so it runs in the node's namespaces. */
+  exec: (command: string, args: string[]) => { command: string; args: string[] };
+  /** gRPC socket as the node sees it (`/run/containerd/containerd.sock`)... */
+  address: string;
+  /** ...and the same socket as this process reaches it (through the bind mount's source). */
+  hostAddress: string;
+  /** containerd's registry `config_path` inside the node, and the same directory from here. */
+  certsDir: string;
+  hostCertsDir: string;
+  /** CRI `sandbox_image`. */
+  sandboxImage: string;
+  /** CNI config directory (conflists); binaries come from /usr/lib/cni. */
+  cniConfDir: string;
 }
 
 export interface CtrResult {
@@ -77,15 +106,21 @@ export interface ContainerdHandle {
  * resolves once `ctr version` answers on its socket. Rejects with the log tail otherwise.
  */
 export async function startContainerd(opts: ContainerdOptions = {}): Promise<ContainerdHandle> {
-  const dir = await makeTempDir('ctrd');
+  const node = opts.node;
+  const dir = node ? join(node.dir, 'containerd') : await makeTempDir('ctrd');
   try {
     const snapshotter = opts.snapshotter ?? 'overlayfs';
     const root = join(dir, 'root');
     const state = join(dir, 'state');
-    const certsDir = join(dir, 'certs.d');
-    const address = join(dir, 'c.sock');
-    if (Buffer.byteLength(address) >= 100) throw new Error(`containerd socket path too long: ${address}`);
-    for (const d of [root, state, certsDir, join(dir, 'cni-bin'), join(dir, 'cni-conf')])
+    const certsDir = node?.certsDir ?? join(dir, 'certs.d');
+    const hostCertsDir = node?.hostCertsDir ?? certsDir;
+    const address = node?.address ?? join(dir, 'c.sock');
+    const hostAddress = node?.hostAddress ?? address;
+    const cniBin = node ? '/usr/lib/cni' : join(dir, 'cni-bin');
+    const cniConf = node?.cniConfDir ?? join(dir, 'cni-conf');
+    for (const a of [address, hostAddress])
+      if (Buffer.byteLength(a) >= 100) throw new Error(`containerd socket path too long: ${a}`);
+    for (const d of [root, state, hostCertsDir, cniConf, ...(node ? [] : [cniBin])])
       await mkdir(d, { recursive: true });
     const configPath = join(dir, 'config.toml');
     const q = (s: string): string => JSON.stringify(s);
@@ -123,11 +158,29 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
               // The streaming server (exec/attach) binds a TCP port: loopback, any free port.
               '  stream_server_address = "127.0.0.1"',
               '  stream_server_port = "0"',
+              ...(node
+                ? [
+                    `  sandbox_image = ${q(node.sandboxImage)}`,
+                    // The sandbox lacks CAP_SYS_RESOURCE: without this every pod sandbox
+                    // fails in runc (oom_score_adj: permission denied).
+                    '  restrict_oom_score_adj = true',
+                    '  netns_mounts_under_state_dir = true',
+                  ]
+                : []),
               '  [plugins."io.containerd.grpc.v1.cri".containerd]',
               `    snapshotter = ${q(snapshotter)}`,
+              ...(node
+                ? [
+                    '    default_runtime_name = "runc"',
+                    '    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]',
+                    '      runtime_type = "io.containerd.runc.v2"',
+                    '      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]',
+                    '        SystemdCgroup = false',
+                  ]
+                : []),
               '  [plugins."io.containerd.grpc.v1.cri".cni]',
-              `    bin_dir = ${q(join(dir, 'cni-bin'))}`,
-              `    conf_dir = ${q(join(dir, 'cni-conf'))}`,
+              `    bin_dir = ${q(cniBin)}`,
+              `    conf_dir = ${q(cniConf)}`,
               '  [plugins."io.containerd.grpc.v1.cri".registry]',
               `    config_path = ${q(certsDir)}`,
             ]
@@ -145,7 +198,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       try {
         const { stdout, stderr } = await execFileP(
           'ctr',
-          ['--address', address, '-n', o.namespace ?? 'k8s.io', ...args],
+          ['--address', hostAddress, '-n', o.namespace ?? 'k8s.io', ...args],
           { timeout: o.timeoutMs ?? 120_000, maxBuffer: 16 * 1024 * 1024 },
         );
         return { stdout, stderr };
@@ -159,17 +212,21 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       if (proc?.running) return;
       const argv = ['containerd', '--config', configPath];
       proc = await spawnProcess({
-        name: `containerd ${address}`,
+        name: `containerd ${hostAddress}`,
         // `ip netns exec` execs containerd: the pid (for CPU accounting, signals) is its own.
-        command: opts.netns === undefined ? 'containerd' : 'ip',
-        args: opts.netns === undefined ? argv.slice(1) : ['netns', 'exec', opts.netns, ...argv],
+        ...(node
+          ? node.exec('containerd', argv.slice(1))
+          : {
+              command: opts.netns === undefined ? 'containerd' : 'ip',
+              args: opts.netns === undefined ? argv.slice(1) : ['netns', 'exec', opts.netns, ...argv],
+            }),
         logPath,
       });
       const p = proc;
       await waitUntil(
-        `ctr version on ${address}`,
+        `ctr version on ${hostAddress}`,
         async () => {
-          await execFileP('ctr', ['--address', address, 'version'], { timeout: 5_000 });
+          await execFileP('ctr', ['--address', hostAddress, 'version'], { timeout: 5_000 });
           return true;
         },
         { process: p, timeoutMs: opts.readyTimeoutMs ?? 30_000, intervalMs: 100 },
@@ -187,9 +244,9 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
     }
     return {
       dir,
-      address,
+      address: hostAddress,
       configPath,
-      certsDir,
+      certsDir: hostCertsDir,
       logPath,
       contentDir: join(root, 'io.containerd.content.v1.content'),
       snapshotter,
@@ -201,13 +258,18 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       start,
       async close() {
         await stop();
+        // A node's containerd mounts live in the node's mount namespace and go with it;
+        // the node removes its own directory.
+        if (node) return;
         await unmountUnder(dir);
         await removeTempDir(dir);
       },
     };
   } catch (err) {
-    await unmountUnder(dir);
-    await removeTempDir(dir);
+    if (!node) {
+      await unmountUnder(dir);
+      await removeTempDir(dir);
+    }
     throw err;
   }
 }

@@ -142,6 +142,11 @@ export interface FaultProxyOptions {
   rules?: Partial<FaultRules>;
   /** Port on 127.0.0.1. Default: a free one. */
   port?: number;
+  /**
+   * Address to listen on. Default 127.0.0.1. The cluster harness puts it on its bridge so
+   * that containerd and pods in node namespaces reach the registry through it.
+   */
+  listenHost?: string;
 }
 
 const HOP_BY_HOP = [
@@ -160,10 +165,10 @@ function stripHopByHop<T extends IncomingHttpHeaders | OutgoingHttpHeaders>(h: T
   return out;
 }
 
-function listen(server: Server, port: number): Promise<number> {
+function listen(server: Server, port: number, host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
+    server.listen(port, host, () => resolve((server.address() as AddressInfo).port));
   });
 }
 
@@ -439,11 +444,12 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
 
   const server = createServer(handle);
   server.keepAliveTimeout = 30_000;
-  const port = await listen(server, opts.port ?? 0);
+  const listenHost = opts.listenHost ?? '127.0.0.1';
+  const port = await listen(server, opts.port ?? 0, listenHost);
 
   return {
-    host: `127.0.0.1:${port}`,
-    url: `http://127.0.0.1:${port}`,
+    host: `${listenHost}:${port}`,
+    url: `http://${listenHost}:${port}`,
     credentials: opts.upstream.credentials,
     rules,
     stats,

@@ -62,6 +62,8 @@ export const ATTESTATION = {
 /** A layer of plain files. Paths are relative (`etc/hello.txt`); parent dirs are added. */
 export interface FilesLayerSpec {
   files: Record<string, string | Buffer>;
+  /** Paths (as in `files`) written with mode 0755, e.g. a busybox binary a pod runs. */
+  executables?: readonly string[];
   /** Default: `none` for OCI images, `gzip` for Docker images (which require it). */
   compression?: 'none' | 'gzip';
 }
@@ -543,7 +545,10 @@ async function writeLayer(
   // Docker's schema2 has an uncompressed layer type on paper, but nothing produces it.
   const gzip = (spec.compression ?? (kind === 'docker' ? 'gzip' : 'none')) === 'gzip';
   if (kind === 'docker' && !gzip) throw new Error('buildImage: Docker images need gzip layers');
-  const source = 'files' in spec ? Readable.from([filesTar(spec.files)]) : Readable.from(randomTar(spec));
+  const source =
+    'files' in spec
+      ? Readable.from([filesTar(spec.files, spec.executables)])
+      : Readable.from(randomTar(spec));
   const diffHash = createHash('sha256');
   const blobHash = createHash('sha256');
   let size = 0;
@@ -575,8 +580,15 @@ async function writeLayer(
   return { info: { digest: `sha256:${digestHex}`, size, mediaType: gzip ? mt.layerGzip : mt.layer }, diffId };
 }
 
-/** A ustar tar of `files` plus their parent dirs, sorted, with fixed metadata. */
-export function filesTar(files: Record<string, string | Buffer>): Buffer {
+/**
+ * A ustar tar of `files` plus their parent dirs, sorted, with fixed metadata (mode 0644,
+ * 0755 for dirs and the paths in `executables`).
+ */
+export function filesTar(
+  files: Record<string, string | Buffer>,
+  executables: readonly string[] = [],
+): Buffer {
+  const exec = new Set(executables.map((p) => p.replace(/^\.?\/+/, '')));
   const dirs = new Set<string>();
   const entries: [string, Buffer][] = [];
   for (const [rawPath, content] of Object.entries(files)) {
@@ -595,7 +607,7 @@ export function filesTar(files: Record<string, string | Buffer>): Buffer {
   const chunks: Buffer[] = [];
   for (const d of [...dirs].sort()) chunks.push(tarHeader(d, 0, '5'));
   for (const [path, data] of entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    chunks.push(tarHeader(path, data.length, '0'), data, Buffer.alloc(padTo512(data.length)));
+    chunks.push(tarHeader(path, data.length, '0', exec.has(path)), data, Buffer.alloc(padTo512(data.length)));
   }
   chunks.push(Buffer.alloc(1024));
   return Buffer.concat(chunks);
@@ -622,7 +634,7 @@ function padTo512(n: number): number {
 }
 
 /** One 512-byte ustar header; long paths are split into prefix/name. */
-function tarHeader(path: string, size: number, type: '0' | '5'): Buffer {
+function tarHeader(path: string, size: number, type: '0' | '5', executable = false): Buffer {
   const h = Buffer.alloc(512);
   let name = path;
   let prefix = '';
@@ -636,7 +648,7 @@ function tarHeader(path: string, size: number, type: '0' | '5'): Buffer {
   }
   if (size >= 8 ** 11) throw new Error('tar: files of 8 GiB or more are not supported');
   h.write(name, 0, 100, 'utf8');
-  h.write(octal(type === '5' ? 0o755 : 0o644, 7), 100);
+  h.write(octal(type === '5' || executable ? 0o755 : 0o644, 7), 100);
   h.write(octal(0, 7), 108);
   h.write(octal(0, 7), 116);
   h.write(octal(size, 11), 124);

@@ -25,7 +25,7 @@ import { promisify } from 'node:util';
 import { KubeConfig, type V1CustomResourceDefinition } from '@kubernetes/client-node';
 import { Agent, request } from 'undici';
 import { parseAllDocuments } from 'yaml';
-import { type ManagedProcess, spawnProcess, waitForHttp, waitForPort } from './process.js';
+import { type ManagedProcess, spawnProcess, waitForHttp, waitForPort, waitUntil } from './process.js';
 import { freePort, makeTempDir, removeTempDir } from './tmp.js';
 
 const execFileP = promisify(execFile);
@@ -45,6 +45,44 @@ export interface KubeOptions {
   extraCrdFiles?: string[];
   /** Readiness timeout for etcd and the apiserver, each. Default 60 s (2 slow cores). */
   readyTimeoutMs?: number;
+  /**
+   * Run the control plane of a cluster with real nodes (test/harness/cluster.ts) instead of
+   * the envtest-style one: see `NodeControlPlane`.
+   */
+  nodes?: NodeControlPlane;
+}
+
+/**
+ * The apiserver as a cluster with kubelets needs it: bound to and advertised on a node IP
+ * (so pods reach it through the `kubernetes` Service), client certificates accepted
+ * (`--client-ca-file`), Node + RBAC authorisation with NodeRestriction, the ServiceAccount
+ * and TaintNodesByCondition admission plugins on, the `kubernetes` Service's endpoints
+ * maintained, and a client certificate for the apiserver's own calls to kubelets.
+ */
+export interface NodeControlPlane {
+  /** Address the apiserver binds and advertises (the control-plane node's IP). */
+  address: string;
+  /** Its secure port. */
+  port: number;
+  /** Service CIDR; its first address is the `kubernetes` Service's. */
+  serviceCidr: string;
+  /** Wraps a command so it runs in the control-plane node's namespaces. */
+  exec: (command: string, args: string[]) => { command: string; args: string[] };
+  /** Extra static-token users (kubelets, scheduler, controller-manager, kube-proxy). */
+  users: KubeUser[];
+}
+
+/** Key material of the cluster, for the components that need more than a token. */
+export interface KubePki {
+  /** CA certificate: signs the serving certificate, accepted for client certificates. */
+  ca: string;
+  caKey: string;
+  /** Service-account signing key pair. */
+  saKey: string;
+  saPub: string;
+  /** The apiserver's client certificate towards kubelets (O=system:masters). */
+  kubeletClientCert: string;
+  kubeletClientKey: string;
 }
 
 /** A user in the static token file. */
@@ -71,6 +109,9 @@ export interface KubeHandle {
   readonly operatorUser: KubeUser;
   readonly apiserver: ManagedProcess;
   readonly etcd: ManagedProcess;
+  /** The cluster's temp dir (certificates, token file, kubeconfigs, logs). */
+  readonly dir: string;
+  readonly pki: KubePki;
   /**
    * A raw JSON request as the admin (no client-side model: client-node's typed serializer
    * drops fields it maps under other names, e.g. a schema's `default`). Resolves with
@@ -104,19 +145,39 @@ async function openssl(args: string[], cwd: string): Promise<void> {
   }
 }
 
-/** CA, serving cert for 127.0.0.1/localhost, and the service-account key pair. */
+/**
+ * Signs a new key pair for `subject` with the CA in `dir` (`ca.crt`/`ca.key`, as
+ * `startKube` leaves them in `KubeHandle.dir`); writes `<name>.crt` and `<name>.key` there.
+ * `ext` are x509v3 extension lines.
+ */
+export async function issueCert(dir: string, name: string, subject: string, ext: string[]): Promise<void> {
+  await writeFile(join(dir, `${name}.ext`), `${ext.join('\n')}\n`);
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  await openssl(['req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject], dir);
+  await openssl(
+    ['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial'].concat([
+      '-out',
+      `${name}.crt`,
+      '-days',
+      '2',
+      '-extfile',
+      `${name}.ext`,
+    ]),
+    dir,
+  );
+}
+
+/**
+ * CA, serving certificate (127.0.0.1, localhost, the `kubernetes` Service names and any
+ * `extraIps`), the apiserver's client certificate towards kubelets, and the service-account
+ * key pair.
+ */
 async function makeCerts(
   dir: string,
-): Promise<{ ca: string; cert: string; key: string; saKey: string; saPub: string }> {
+  extraIps: readonly string[] = [],
+): Promise<KubePki & { cert: string; key: string }> {
   await openssl(
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
+    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'].concat([
       '-keyout',
       'ca.key',
       '-out',
@@ -125,63 +186,37 @@ async function makeCerts(
       '2',
       '-subj',
       '/CN=kube-prewarm-test-ca',
-    ],
+    ]),
     dir,
   );
-  await writeFile(
-    join(dir, 'serving.ext'),
-    'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' +
-      'extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n',
-  );
-  await openssl(
-    [
-      'req',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-keyout',
-      'serving.key',
-      '-out',
-      'serving.csr',
-      '-subj',
-      '/CN=kube-apiserver',
-    ],
-    dir,
-  );
-  await openssl(
-    [
-      'x509',
-      '-req',
-      '-in',
-      'serving.csr',
-      '-CA',
-      'ca.crt',
-      '-CAkey',
-      'ca.key',
-      '-CAcreateserial',
-      '-out',
-      'serving.crt',
-      '-days',
-      '2',
-      '-extfile',
-      'serving.ext',
-    ],
-    dir,
-  );
+  const ips = ['127.0.0.1', ...extraIps].map((ip) => `IP:${ip}`);
+  const dns = ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc']
+    .concat(['kubernetes.default.svc.cluster.local'])
+    .map((d) => `DNS:${d}`);
+  await issueCert(dir, 'serving', '/CN=kube-apiserver', [
+    `subjectAltName=${[...ips, ...dns].join(',')}`,
+    'extendedKeyUsage=serverAuth',
+    'keyUsage=digitalSignature,keyEncipherment',
+  ]);
+  await issueCert(dir, 'kubelet-client', '/O=system:masters/CN=kube-apiserver-kubelet-client', [
+    'extendedKeyUsage=clientAuth',
+    'keyUsage=digitalSignature,keyEncipherment',
+  ]);
   await openssl(['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', 'sa.key'], dir);
   await openssl(['pkey', '-in', 'sa.key', '-pubout', '-out', 'sa.pub'], dir);
   return {
     ca: join(dir, 'ca.crt'),
+    caKey: join(dir, 'ca.key'),
     cert: join(dir, 'serving.crt'),
     key: join(dir, 'serving.key'),
     saKey: join(dir, 'sa.key'),
     saPub: join(dir, 'sa.pub'),
+    kubeletClientCert: join(dir, 'kubelet-client.crt'),
+    kubeletClientKey: join(dir, 'kubelet-client.key'),
   };
 }
 
-function kubeConfigObject(server: string, caData: string, user: KubeUser): Record<string, unknown> {
+export function kubeConfigObject(server: string, caData: string, user: KubeUser): Record<string, unknown> {
   return {
     apiVersion: 'v1',
     kind: 'Config',
@@ -214,6 +249,8 @@ async function startKubeOnce(opts: KubeOptions): Promise<KubeHandle> {
   const etcdBin = binary('etcd');
   const apiserverBin = binary('kube-apiserver');
   const readyTimeoutMs = opts.readyTimeoutMs ?? 60_000;
+  const nodes = opts.nodes;
+  const exec = nodes?.exec ?? ((command: string, args: string[]) => ({ command, args }));
   const dir = await makeTempDir('kube');
   let etcd: ManagedProcess | undefined;
   let apiserver: ManagedProcess | undefined;
@@ -225,14 +262,16 @@ async function startKubeOnce(opts: KubeOptions): Promise<KubeHandle> {
     await removeTempDir(dir);
   };
   try {
-    const certs = await makeCerts(dir);
-    const [etcdPort, etcdPeerPort, apiPort] = [await freePort(), await freePort(), await freePort()];
+    const certs = await makeCerts(dir, nodes ? [nodes.address, firstServiceIp(nodes.serviceCidr)] : []);
+    // In a node's network namespace every port is ours: no race for them there.
+    const [etcdPort, etcdPeerPort, apiPort] = nodes
+      ? [2379, 2380, nodes.port]
+      : [await freePort(), await freePort(), await freePort()];
     const etcdUrl = `http://127.0.0.1:${etcdPort}`;
     const peerUrl = `http://127.0.0.1:${etcdPeerPort}`;
     etcd = await spawnProcess({
       name: 'etcd',
-      command: etcdBin,
-      args: [
+      ...exec(etcdBin, [
         '--name=test',
         `--data-dir=${join(dir, 'etcd')}`,
         `--listen-client-urls=${etcdUrl}`,
@@ -243,14 +282,17 @@ async function startKubeOnce(opts: KubeOptions): Promise<KubeHandle> {
         // Throwaway data: fsync only slows a shared CI disk down.
         '--unsafe-no-fsync=true',
         '--log-level=warn',
-      ],
+      ]),
       logPath: join(dir, 'etcd.log'),
     });
-    await waitForHttp(`${etcdUrl}/health`, {
-      process: etcd,
-      timeoutMs: readyTimeoutMs,
-      ready: (s) => s === 200,
-    });
+    // etcd listens inside the node's namespace when there is one: probe it from there.
+    if (nodes) await waitForPortIn(exec, '127.0.0.1', etcdPort, etcd, readyTimeoutMs);
+    else
+      await waitForHttp(`${etcdUrl}/health`, {
+        process: etcd,
+        timeoutMs: readyTimeoutMs,
+        ready: (s) => s === 200,
+      });
 
     const admin: KubeUser = {
       name: 'test-admin',
@@ -265,36 +307,49 @@ async function startKubeOnce(opts: KubeOptions): Promise<KubeHandle> {
     const tokenFile = join(dir, 'tokens.csv');
     const line = (u: KubeUser): string =>
       `${u.token},${u.name},${u.name}-uid${u.groups.length ? `,"${u.groups.join(',')}"` : ''}`;
-    await writeFile(tokenFile, `${line(admin)}\n${line(operatorUser)}\n`, { mode: 0o600 });
+    const users = [admin, operatorUser, ...(nodes?.users ?? [])];
+    await writeFile(tokenFile, users.map((u) => `${line(u)}\n`).join(''), { mode: 0o600 });
+    const host = nodes?.address ?? '127.0.0.1';
 
     apiserver = await spawnProcess({
       name: 'kube-apiserver',
-      command: apiserverBin,
-      args: [
+      ...exec(apiserverBin, [
         `--etcd-servers=${etcdUrl}`,
         `--etcd-prefix=/kube-prewarm-test`,
-        '--bind-address=127.0.0.1',
-        '--advertise-address=127.0.0.1',
+        `--bind-address=${host}`,
+        `--advertise-address=${host}`,
         `--secure-port=${apiPort}`,
         `--cert-dir=${join(dir, 'apiserver-certs')}`,
         `--tls-cert-file=${certs.cert}`,
         `--tls-private-key-file=${certs.key}`,
         `--token-auth-file=${tokenFile}`,
-        '--authorization-mode=RBAC',
         '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
         `--service-account-key-file=${certs.saPub}`,
         `--service-account-signing-key-file=${certs.saKey}`,
-        '--service-cluster-ip-range=10.0.0.0/24',
-        '--disable-admission-plugins=ServiceAccount,TaintNodesByCondition',
         '--allow-privileged=true',
-        // No kubelets, no aggregated APIs: skip the endpoints the apiserver would probe.
-        '--endpoint-reconciler-type=none',
         '--v=1',
-      ],
+        ...(nodes
+          ? [
+              `--service-cluster-ip-range=${nodes.serviceCidr}`,
+              `--client-ca-file=${certs.ca}`,
+              '--authorization-mode=Node,RBAC',
+              '--enable-admission-plugins=NodeRestriction',
+              `--kubelet-client-certificate=${certs.kubeletClientCert}`,
+              `--kubelet-client-key=${certs.kubeletClientKey}`,
+              '--kubelet-preferred-address-types=InternalIP,Hostname',
+            ]
+          : [
+              '--service-cluster-ip-range=10.0.0.0/24',
+              '--authorization-mode=RBAC',
+              '--disable-admission-plugins=ServiceAccount,TaintNodesByCondition',
+              // No kubelets, no aggregated APIs: skip the endpoints the apiserver would probe.
+              '--endpoint-reconciler-type=none',
+            ]),
+      ]),
       logPath: join(dir, 'apiserver.log'),
     });
-    const server = `https://127.0.0.1:${apiPort}`;
-    await waitForPort('127.0.0.1', apiPort, { process: apiserver, timeoutMs: readyTimeoutMs });
+    const server = `https://${host}:${apiPort}`;
+    await waitForPort(host, apiPort, { process: apiserver, timeoutMs: readyTimeoutMs });
     const caData = Buffer.from(await readFile(certs.ca)).toString('base64');
 
     const kubeConfigFor = (user: KubeUser): KubeConfig => {
@@ -355,6 +410,8 @@ async function startKubeOnce(opts: KubeOptions): Promise<KubeHandle> {
       operatorUser,
       apiserver: apiserverProc,
       etcd: etcdProc,
+      dir,
+      pki: certs,
       kubeConfigFor,
       writeKubeconfig,
       request: raw,
@@ -369,6 +426,33 @@ async function startKubeOnce(opts: KubeOptions): Promise<KubeHandle> {
   }
 }
 
+/** The first address of an IPv4 CIDR (`10.0.0.0/24` → `10.0.0.1`): the `kubernetes` Service's. */
+export function firstServiceIp(cidr: string): string {
+  const [base = ''] = cidr.split('/');
+  const octets = base.split('.').map(Number);
+  octets[3] = (octets[3] ?? 0) + 1;
+  return octets.join('.');
+}
+
+/** Waits for a TCP port that only exists inside the namespaces `exec` enters (bash's /dev/tcp). */
+async function waitForPortIn(
+  exec: NonNullable<KubeOptions['nodes']>['exec'],
+  host: string,
+  port: number,
+  proc: ManagedProcess,
+  timeoutMs: number,
+): Promise<void> {
+  const probe = exec('bash', ['-c', `exec 3<>/dev/tcp/${host}/${port}`]);
+  await waitUntil(
+    `tcp ${host}:${port}`,
+    async () => {
+      await execFileP(probe.command, probe.args, { timeout: 5_000 });
+      return true;
+    },
+    { process: proc, timeoutMs, intervalMs: 200 },
+  );
+}
+
 async function waitForReadyz(
   server: string,
   caPath: string,
@@ -379,7 +463,6 @@ async function waitForReadyz(
   // fetch() cannot take a custom CA; use an undici Agent with it.
   const agent = new Agent({ connect: { ca: await readFile(caPath, 'utf8') } });
   try {
-    const { waitUntil } = await import('./process.js');
     await waitUntil(
       `${server}/readyz`,
       async () => {
