@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { Agent, type Dispatcher, request } from 'undici';
 import { basicHeader, type Challenge, type CredentialProvider, parseChallenge } from './auth.js';
 import { type Digest, isDigest, sha256 } from './digest.js';
+import { EgressPolicy, type FollowKind } from './egress-policy.js';
 import { type ErrorCode, ErrorCodes, PrewarmError } from './errors.js';
 import {
   type ImageManifest,
@@ -18,9 +19,23 @@ import { parseRetryAfter, type RetryOptions, withRetry } from './retry.js';
 export interface RegistryClientOptions {
   /** Where credentials come from (dockerconfigjson, static). Default: anonymous only. */
   credentials?: CredentialProvider;
-  /** Whether to talk plain HTTP to a host. Default: loopback hosts only. */
+  /**
+   * Where requests may go (oci/src/egress-policy.ts): the registries allowed, plain HTTP,
+   * and the address check when connecting. Default: unrestricted (`EgressPolicy.permissive`,
+   * what the CLI uses); every component (agent, mirror, operator) passes its configured
+   * policy. Redirects and token realms are checked against it either way.
+   */
+  egress?: EgressPolicy;
+  /**
+   * Whether to talk plain HTTP to a host. Default: loopback hosts only. With `egress`, a
+   * host is spoken to over HTTP only when the policy allows it (and this, when given, agrees).
+   */
   plainHttp?: (host: string) => boolean;
-  /** undici dispatcher; default an Agent with keep-alive and unlimited connections per origin. */
+  /**
+   * undici dispatcher; default an Agent with keep-alive, unlimited connections per origin
+   * and `egress.connector()`. A dispatcher passed here must be built with
+   * `egress.connector()` too, or connections are not checked by address.
+   */
   dispatcher?: Dispatcher;
   /** Retry policy for manifest and HEAD requests (blob chunks are retried by the fetcher). */
   retry?: RetryOptions;
@@ -58,6 +73,19 @@ export interface BlobRequest {
   range?: { start: number; end: number };
   signal?: AbortSignal;
   method?: 'GET' | 'HEAD';
+  /** Send a downstream client's authorization instead of this client's credentials. */
+  forward?: ForwardedAuth;
+}
+
+/**
+ * A request made on behalf of someone else (the mirror's client, containerd): exactly this
+ * `Authorization` header goes to the registry's origin (none when undefined), and this
+ * client's own credentials and tokens are never used. A 401 is not answered by fetching a
+ * token: it comes back as PW_ERR_AUTH_DENIED with the registry's challenge in
+ * `detail.challenge`, for the caller to pass on.
+ */
+export interface ForwardedAuth {
+  authorization: string | undefined;
 }
 
 export interface BlobResponse {
@@ -76,8 +104,11 @@ interface SendOptions {
   repository: string;
   path: string;
   method: 'GET' | 'HEAD';
+  /** What is asked for: decides which redirects may be followed (see `EgressPolicy.assertFollow`). */
+  kind: 'manifest' | 'blob';
   headers?: Record<string, string>;
   signal?: AbortSignal | undefined;
+  forward?: ForwardedAuth | undefined;
 }
 
 const LOOPBACK_RE = /^(?:localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])(?::\d+)?$/;
@@ -120,10 +151,14 @@ export function toNetworkError(err: unknown, what: string): PrewarmError {
 /**
  * An OCI distribution client over undici: bearer/basic auth with a per-scope token
  * cache, redirects that never carry the registry's Authorization to another origin,
- * manifest digest verification and size caps, and typed errors with retry hints.
+ * manifest digest verification and size caps, and typed errors with retry hints. Every
+ * request obeys the egress policy: registries not allowed, redirects and token realms that
+ * may not be followed, and connections to special addresses fail with
+ * PW_ERR_EGRESS_DENIED before anything is sent.
  */
 export class RegistryClient {
   readonly #opts: RegistryClientOptions;
+  readonly #egress: EgressPolicy;
   readonly #dispatcher: Dispatcher;
   readonly #ownsDispatcher: boolean;
   /** host → last challenge, so later requests authenticate without a 401 round trip. */
@@ -133,10 +168,21 @@ export class RegistryClient {
 
   constructor(opts: RegistryClientOptions = {}) {
     this.#opts = opts;
+    this.#egress = opts.egress ?? EgressPolicy.permissive(opts.plainHttp);
     this.#ownsDispatcher = opts.dispatcher === undefined;
     this.#dispatcher =
       opts.dispatcher ??
-      new Agent({ keepAliveTimeout: 30_000, connections: null, pipelining: 1, connect: { timeout: 10_000 } });
+      new Agent({
+        keepAliveTimeout: 30_000,
+        connections: null,
+        pipelining: 1,
+        connect: this.#egress.connector({ timeout: 10_000 }),
+      });
+  }
+
+  /** The egress policy every request of this client obeys. */
+  get egress(): EgressPolicy {
+    return this.#egress;
   }
 
   async close(): Promise<void> {
@@ -146,7 +192,10 @@ export class RegistryClient {
   /** Base URL for a registry name (`docker.io` → `https://registry-1.docker.io`). */
   baseUrl(registry: string): string {
     const host = registryEndpointHost(registry);
-    const plain = this.#opts.plainHttp ? this.#opts.plainHttp(host) : isLoopbackHost(host);
+    const plain =
+      this.#opts.egress === undefined
+        ? this.#egress.plainHttp(host)
+        : this.#egress.plainHttp(host) && (this.#opts.plainHttp?.(host) ?? true);
     return `${plain ? 'http' : 'https'}://${host}`;
   }
 
@@ -158,18 +207,39 @@ export class RegistryClient {
   async resolve(
     ref: ImageReference,
     signal?: AbortSignal,
+    forward?: ForwardedAuth,
   ): Promise<{ digest: Digest; mediaType?: string; size?: number }> {
     if (ref.digest) return { digest: ref.digest };
     const reference = manifestReference(ref);
-    const head = await withRetry(
+    const head = await this.headManifest(ref, reference, signal, forward);
+    if (head) return head;
+    const got = await this.fetchManifest(ref, reference, signal, forward);
+    return { digest: got.digest, mediaType: got.mediaType, size: got.bytes.byteLength };
+  }
+
+  /**
+   * HEADs a manifest (tag or digest): what the registry says about it without the body.
+   * Undefined when the registry gives no usable answer to HEAD (405, 400, no
+   * `Docker-Content-Digest`): GET it instead. Throws like `fetchManifest` (404 →
+   * PW_ERR_MANIFEST_UNKNOWN, 401/403 → PW_ERR_AUTH_DENIED, …).
+   */
+  async headManifest(
+    ref: ImageReference,
+    reference = manifestReference(ref),
+    signal?: AbortSignal,
+    forward?: ForwardedAuth,
+  ): Promise<{ digest: Digest; mediaType?: string; size?: number } | undefined> {
+    return withRetry(
       async () => {
         const res = await this.#send({
           host: ref.registry,
           repository: ref.repository,
           path: `/v2/${ref.repository}/manifests/${reference}`,
           method: 'HEAD',
+          kind: 'manifest',
           headers: { accept: MANIFEST_ACCEPT },
           signal,
+          forward,
         });
         await res.body.dump();
         if (res.statusCode === 405 || res.statusCode === 400) return undefined;
@@ -187,9 +257,6 @@ export class RegistryClient {
       this.#opts.retry,
       signal,
     );
-    if (head) return head;
-    const got = await this.fetchManifest(ref, reference, signal);
-    return { digest: got.digest, mediaType: got.mediaType, size: got.bytes.byteLength };
   }
 
   /**
@@ -201,6 +268,7 @@ export class RegistryClient {
     ref: ImageReference,
     reference = manifestReference(ref),
     signal?: AbortSignal,
+    forward?: ForwardedAuth,
   ): Promise<FetchedManifest> {
     return withRetry(
       async () => {
@@ -209,8 +277,10 @@ export class RegistryClient {
           repository: ref.repository,
           path: `/v2/${ref.repository}/manifests/${reference}`,
           method: 'GET',
+          kind: 'manifest',
           headers: { accept: MANIFEST_ACCEPT },
           signal,
+          forward,
         });
         if (res.statusCode !== 200)
           throw await this.#statusError(res, ErrorCodes.MANIFEST_UNKNOWN, `GET manifest ${reference}`);
@@ -274,19 +344,24 @@ export class RegistryClient {
       repository: req.repository,
       path: `/v2/${req.repository}/blobs/${req.digest}`,
       method: req.method ?? 'GET',
+      kind: 'blob',
       headers,
       signal: req.signal,
+      forward: req.forward,
     });
     if (res.statusCode === 200 || res.statusCode === 206) return res;
     throw await this.#statusError(res, ErrorCodes.BLOB_UNKNOWN, `blob ${req.digest}`);
   }
 
   async #send(o: SendOptions): Promise<Dispatcher.ResponseData> {
+    this.#egress.assertRegistry(o.host);
     const base = this.baseUrl(o.host);
-    const registryOrigin = new URL(base).origin;
+    const baseUrl = new URL(base);
+    const registryOrigin = baseUrl.origin;
     let url = new URL(o.path, base);
     let authRetried = false;
     const maxRedirects = this.#opts.maxRedirects ?? 5;
+    const follow: FollowKind = o.kind === 'manifest' ? 'manifest-redirect' : 'blob-redirect';
     for (let hop = 0; ; ) {
       const headers: Record<string, string> = {
         'user-agent': this.#opts.userAgent ?? 'kube-prewarm/0.1',
@@ -295,8 +370,12 @@ export class RegistryClient {
       // Credentials go only to the registry's own origin, never to a redirect target
       // (S3/GCS/Azure presigned URLs carry their own authorization in the query).
       if (url.origin === registryOrigin) {
-        const auth = await this.#authorization(o.host, o.repository, o.signal);
-        if (auth) headers.authorization = auth;
+        if (o.forward) {
+          if (o.forward.authorization) headers.authorization = o.forward.authorization;
+        } else {
+          const auth = await this.#authorization(o.host, o.repository, o.signal);
+          if (auth) headers.authorization = auth;
+        }
       }
       let res: Dispatcher.ResponseData;
       try {
@@ -322,10 +401,17 @@ export class RegistryClient {
             `more than ${maxRedirects} redirects for ${o.path}`,
           );
         }
-        url = new URL(location, url);
+        let next: URL;
+        try {
+          next = new URL(location, url);
+        } catch {
+          throw new PrewarmError(ErrorCodes.REGISTRY_ERROR, `unusable redirect Location from ${redact(url)}`);
+        }
+        this.#egress.assertFollow(baseUrl, next, follow);
+        url = next;
         continue;
       }
-      if (res.statusCode === 401 && url.origin === registryOrigin && !authRetried) {
+      if (res.statusCode === 401 && url.origin === registryOrigin && !authRetried && !o.forward) {
         const challenge = parseChallenge(header(res.headers, 'www-authenticate'));
         await res.body.dump();
         if (challenge && (challenge.scheme === 'bearer' || challenge.scheme === 'basic')) {
@@ -398,6 +484,9 @@ export class RegistryClient {
     if (tokenUrl.protocol !== 'https:' && tokenUrl.protocol !== 'http:') {
       throw new PrewarmError(ErrorCodes.AUTH_FAILED, `${host}: bearer realm must be http(s)`);
     }
+    // The realm is named by the registry: it may not send us (and the credentials) to an
+    // internal address or off TLS, any more than a redirect may.
+    this.#egress.assertFollow(new URL(this.baseUrl(host)), tokenUrl, 'token-realm');
     if (challenge.params.service) tokenUrl.searchParams.set('service', challenge.params.service);
     tokenUrl.searchParams.set('scope', `repository:${repository}:pull`);
     const cred = this.#opts.credentials?.get(host);
@@ -513,8 +602,10 @@ export class RegistryClient {
     const suffix = message ? ` (${message})` : '';
     if (status === 404) return new PrewarmError(notFound, `${what}: not found${suffix}`, { status });
     if (status === 401 || status === 403) {
+      const challenge = header(res.headers, 'www-authenticate');
       return new PrewarmError(ErrorCodes.AUTH_DENIED, `${what}: access denied (${status})${suffix}`, {
         status,
+        ...(challenge ? { detail: { challenge: challenge.slice(0, 2048) } } : {}),
       });
     }
     const retryAfterMs = parseRetryAfter(res.headers['retry-after']);

@@ -28,6 +28,14 @@ export const ErrorCodes = {
   /** Connection refused/reset/timeout, after retries. */
   NETWORK: 'PW_ERR_NETWORK',
   TOO_MANY_REDIRECTS: 'PW_ERR_TOO_MANY_REDIRECTS',
+  /**
+   * The egress policy (oci/src/egress-policy.ts) refused a request before it was sent: a
+   * registry not in the allowed list, an address in a loopback / private / link-local /
+   * metadata range, a redirect or token realm that may not be followed, plain HTTP to a
+   * host not configured for it. Never retryable: the same request is refused again.
+   * `detail.reason` says which rule (`EgressDenial`), `detail.host` the host refused.
+   */
+  EGRESS_DENIED: 'PW_ERR_EGRESS_DENIED',
   /** The local disk is full (ENOSPC/EDQUOT) or over the store's budget. */
   DISK_FULL: 'PW_ERR_DISK_FULL',
   STORE_CORRUPT: 'PW_ERR_STORE_CORRUPT',
