@@ -197,6 +197,9 @@ test('mirror process killed: containerd falls back to the upstream', async () =>
       storeDir,
       '--listen',
       `127.0.0.1:${port}`,
+      // The test registry is on loopback: allowed explicitly (the default reaches public registries only).
+      '--upstreams',
+      proxy.host,
       '--no-fsync',
       '--log-level',
       'warn',

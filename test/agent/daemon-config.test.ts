@@ -93,6 +93,44 @@ describe('agent config', () => {
     );
   });
 
+  it('secure defaults: mirror on loopback, public registries only, no peers without a token', () => {
+    const c = loadConfig({ KUBE_PREWARM_NODE_NAME: 'n' });
+    assert.equal(c.mirrorHost, '127.0.0.1');
+    assert.deepEqual(c.allowedRegistries, ['_default']);
+    assert.equal(c.peerUrl, '');
+    assert.equal(c.peerPort, 5051);
+    const bad = problems({
+      KUBE_PREWARM_NODE_NAME: 'n',
+      KUBE_PREWARM_PEER_URL: 'http://10.0.0.1:5051',
+    });
+    assert.equal(bad.length, 1);
+    assert.match(bad[0]!, /KUBE_PREWARM_PEER_TOKEN_FILE/);
+    assert.deepEqual(
+      problems({
+        KUBE_PREWARM_NODE_NAME: 'n',
+        KUBE_PREWARM_PEER_URL: 'http://10.0.0.1:5051',
+        KUBE_PREWARM_PEER_TOKEN_FILE: '/etc/kube-prewarm/peer/token',
+      }),
+      [],
+    );
+  });
+
+  it('validates the registry allow-list and keeps plain HTTP within it', () => {
+    const c = loadConfig({
+      KUBE_PREWARM_NODE_NAME: 'n',
+      KUBE_PREWARM_ALLOWED_REGISTRIES: '_default, 10.0.0.5:5000',
+      KUBE_PREWARM_PLAIN_HTTP: '10.0.0.5:5000',
+    });
+    assert.deepEqual(c.allowedRegistries, ['_default', '10.0.0.5:5000']);
+    const bad = problems({ KUBE_PREWARM_NODE_NAME: 'n', KUBE_PREWARM_ALLOWED_REGISTRIES: 'docker.io,a/b' });
+    assert.equal(bad.length, 1);
+    assert.match(bad[0]!, /KUBE_PREWARM_ALLOWED_REGISTRIES.*"a\/b"/);
+    const plain = problems({ KUBE_PREWARM_NODE_NAME: 'n', KUBE_PREWARM_PLAIN_HTTP: '127.0.0.1:5000' });
+    assert.deepEqual(plain, [
+      'KUBE_PREWARM_PLAIN_HTTP: 127.0.0.1:5000 is not allowed by KUBE_PREWARM_ALLOWED_REGISTRIES',
+    ]);
+  });
+
   it('hides secrets when logged', () => {
     const c = loadConfig({
       KUBE_PREWARM_NODE_NAME: 'n',

@@ -158,7 +158,10 @@ export async function waitForJobEnd(
   return view;
 }
 
-/** Environment for an agent under test: fast locks, no fsync, no containerd, free ports. */
+/**
+ * Environment for an agent under test: fast locks, no fsync, no containerd, free ports,
+ * registries on 127.0.0.1 allowed.
+ */
 export function agentEnv(o: {
   node: string;
   store: string;
@@ -174,6 +177,9 @@ export function agentEnv(o: {
     KUBE_PREWARM_HTTP_HOST: '127.0.0.1',
     KUBE_PREWARM_HTTP_PORT: String(o.httpPort ?? 0),
     KUBE_PREWARM_MIRROR_PORT: '0',
+    // Every test registry listens on 127.0.0.1: allowed explicitly (the default, _default,
+    // reaches public registries only).
+    KUBE_PREWARM_ALLOWED_REGISTRIES: '127.0.0.1',
     KUBE_PREWARM_CONTAINERD_SOCKET: '',
     KUBE_PREWARM_JOB_LOCK: '3s',
     KUBE_PREWARM_STALLED_INTERVAL: '2s',

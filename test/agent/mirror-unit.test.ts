@@ -6,9 +6,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { parseListen } from '../../agent/src/mirror/mirror.js';
-import { MirrorHttpError, toMirrorHttpError } from '../../agent/src/mirror/oci-errors.js';
+import { MirrorHttpError, relayableChallenge, toMirrorHttpError } from '../../agent/src/mirror/oci-errors.js';
 import { parseRange } from '../../agent/src/mirror/range.js';
-import { parseMirrorPath, parseNamespace } from '../../agent/src/mirror/routes.js';
+import { parseMirrorPath, parseNamespace, parsePeerPath } from '../../agent/src/mirror/routes.js';
 import { ErrorCodes, PrewarmError } from '../../oci/src/errors.js';
 
 const D = `sha256:${'ab'.repeat(32)}`;
@@ -116,16 +116,61 @@ test('parseListen', () => {
     );
 });
 
-test('errors map to OCI codes; never 401/403 (containerd would try to authenticate to the mirror)', () => {
+test('errors map to OCI codes with fixed messages: nothing the upstream said is echoed', () => {
+  const upstreamText = 'GET http://10.0.0.7:8080/v2/x: registry answered 500 (secret internal banner)';
   const map = (code: (typeof ErrorCodes)[keyof typeof ErrorCodes]) => {
-    const e = toMirrorHttpError(new PrewarmError(code, 'x'));
+    const e = toMirrorHttpError(new PrewarmError(code, upstreamText));
+    assert.doesNotMatch(e.message, /10\.0\.0\.7|banner|500/, `${code}: message echoes the upstream`);
+    assert.doesNotMatch(JSON.stringify(e.detail ?? {}), /10\.0\.0\.7|banner/);
     return [e.status, e.ociCode];
   };
   assert.deepEqual(map(ErrorCodes.BLOB_UNKNOWN), [404, 'BLOB_UNKNOWN']);
   assert.deepEqual(map(ErrorCodes.MANIFEST_UNKNOWN), [404, 'MANIFEST_UNKNOWN']);
   assert.deepEqual(map(ErrorCodes.INVALID_DIGEST), [400, 'DIGEST_INVALID']);
-  assert.deepEqual(map(ErrorCodes.AUTH_DENIED), [503, 'UNAVAILABLE']);
+  assert.deepEqual(map(ErrorCodes.EGRESS_DENIED), [404, 'NAME_UNKNOWN']);
   assert.deepEqual(map(ErrorCodes.NETWORK), [503, 'UNAVAILABLE']);
+  assert.deepEqual(map(ErrorCodes.REGISTRY_ERROR), [503, 'UNAVAILABLE']);
+  assert.deepEqual(map(ErrorCodes.AUTH_FAILED), [503, 'UNAVAILABLE']);
   assert.deepEqual(map(ErrorCodes.DIGEST_MISMATCH), [502, 'UNKNOWN']);
   assert.deepEqual([toMirrorHttpError(new Error('boom')).status], [500]);
+});
+
+test('an upstream 401/403 is passed on, 401 with a re-serialised challenge', () => {
+  const challenge =
+    'Bearer realm="https://auth.example.com/token",service="reg",scope="repository:a/b:pull",error="invalid_token"';
+  const e401 = toMirrorHttpError(
+    new PrewarmError(ErrorCodes.AUTH_DENIED, 'x', { status: 401, detail: { challenge } }),
+  );
+  assert.deepEqual([e401.status, e401.ociCode], [401, 'UNAUTHORIZED']);
+  assert.equal(
+    e401.headers['WWW-Authenticate'],
+    'Bearer realm="https://auth.example.com/token",service="reg",scope="repository:a/b:pull"',
+  );
+  const e403 = toMirrorHttpError(new PrewarmError(ErrorCodes.AUTH_DENIED, 'x', { status: 403 }));
+  assert.deepEqual([e403.status, e403.ociCode], [403, 'DENIED']);
+  assert.equal(relayableChallenge('Basic realm="kube-prewarm-test"'), 'Basic realm="kube-prewarm-test"');
+  for (const bad of [
+    'Bearer realm="file:///etc/passwd"',
+    'Bearer service="x"',
+    'Negotiate abc',
+    'Bearer realm="https://a/\r\nSet-Cookie: x"',
+    undefined,
+  ])
+    assert.equal(relayableChallenge(bad), undefined, String(bad));
+});
+
+test('parsePeerPath: blobs by digest only', () => {
+  assert.equal(parsePeerPath(`/peer/v1/blobs/${D}`), D);
+  for (const [path, status] of [
+    [`/v2/app/blobs/${D}`, 404],
+    [`/v2/app/manifests/${D}`, 404],
+    ['/peer/v1/blobs/sha256:zz', 400],
+    [`/peer/v1/blobs/${D}/x`, 404],
+    ['/v2/', 404],
+  ] as const)
+    assert.throws(
+      () => parsePeerPath(path),
+      (e: unknown) => e instanceof MirrorHttpError && e.status === status,
+      path,
+    );
 });

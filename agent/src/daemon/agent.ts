@@ -3,20 +3,23 @@ import type { AddressInfo } from 'node:net';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { Agent, type Dispatcher } from 'undici';
 import { type CredentialProvider, loadDockerConfigFile, StaticCredentials } from '../../../oci/src/auth.js';
-import { isLoopbackHost, RegistryClient } from '../../../oci/src/client.js';
+import { RegistryClient } from '../../../oci/src/client.js';
+import { classifyHost, parseHost } from '../../../oci/src/egress-policy.js';
 import { nodeQueueName, QUEUE_PREFIX } from '../../../oci/src/job-contract.js';
 import { ImageWarmer } from '../fetch/image-warmer.js';
 import { RedisPeerDirectory } from '../fetch/peer-directory.js';
 import type { BlobTarget } from '../fetch/sources.js';
 import { Mirror } from '../mirror/mirror.js';
+import { PeerServer, readPeerTokens } from '../mirror/peer-server.js';
 import { CriImageService } from '../runtime/cri-image-service.js';
 import { FsBlobStore } from '../store/fs-store.js';
 import { GarbageCollector, type GcReport } from '../store/gc.js';
 import { LeaseSet } from '../store/leases.js';
 import { scanStore } from '../store/store-scan.js';
-import { meteredDispatcher } from './blob-metering.js';
-import { type AgentConfig, defaultPlatform, redactConfig } from './config.js';
+import { blobMetering } from './blob-metering.js';
+import { type AgentConfig, defaultPlatform, egressPolicy, redactConfig } from './config.js';
 import { ContainerdImageEvents } from './containerd-events.js';
 import { GatedBlobFetcher } from './gated-fetcher.js';
 import { HealthServer } from './health-server.js';
@@ -65,13 +68,15 @@ export class AgentDaemon {
   #store: FsBlobStore | undefined;
   #gc: GarbageCollector | undefined;
   #client: RegistryClient | undefined;
-  #dispatcher: ReturnType<typeof meteredDispatcher> | undefined;
+  #mirrorClient: RegistryClient | undefined;
+  #dispatcher: Dispatcher | undefined;
   #fetcher: GatedBlobFetcher | undefined;
   #redis: Redis | undefined;
   #queue: Queue | undefined;
   #worker: PrewarmWorker | undefined;
   #keeper: WarmKeeper | undefined;
   #mirror: Mirror | undefined;
+  #peerServer: PeerServer | undefined;
   #runtime: RuntimeImageService | undefined;
   #events: ContainerdImageEvents | undefined;
   #health: HealthServer | undefined;
@@ -103,6 +108,11 @@ export class AgentDaemon {
   /** The mirror's `host:port`, once started (undefined when disabled). */
   get mirrorAddress(): string | undefined {
     return this.#mirror?.address;
+  }
+
+  /** The peer listener's `host:port`, once started (undefined without peers). */
+  get peerAddress(): string | undefined {
+    return this.#peerServer?.address;
   }
 
   get store(): FsBlobStore | undefined {
@@ -172,12 +182,25 @@ export class AgentDaemon {
     const credentials: CredentialProvider = c.dockerConfigPath
       ? await loadDockerConfigFile(c.dockerConfigPath)
       : new StaticCredentials();
-    const plain = new Set(c.plainHttpRegistries);
-    this.#dispatcher = meteredDispatcher(this.metrics);
-    this.#client = new RegistryClient({
-      credentials,
-      plainHttp: (h) => isLoopbackHost(h) || plain.has(h),
+    // Read before anything listens: peers on without a usable token is a configuration error.
+    const peerTokens = c.peerUrl ? await readPeerTokens(c.peerTokenFile) : undefined;
+    // Every registry request of this node (jobs and mirror) obeys one egress policy, checked
+    // by name before a request and by address when connecting.
+    const egress = egressPolicy(c);
+    this.#dispatcher = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: null,
+      pipelining: 1,
+      connect: egress.connector({ timeout: 10_000 }),
+    }).compose(blobMetering(this.metrics));
+    this.#client = new RegistryClient({ credentials, egress, dispatcher: this.#dispatcher });
+    // The mirror forwards each client's own authorization; it gets no credentials at all, so
+    // no path of it can pull with the node's.
+    this.#mirrorClient = new RegistryClient({
+      egress,
       dispatcher: this.#dispatcher,
+      // Few retries: a mirror that waits on a sick upstream holds up the pull it should speed up.
+      retry: { attempts: 2, maxDelayMs: 500 },
     });
     const fetcher = new GatedBlobFetcher(store, {
       chunkSize: c.chunkSize,
@@ -201,7 +224,7 @@ export class AgentDaemon {
         const jobCredentials = await resolver.credentials(pullSecrets);
         const jobClient = new RegistryClient({
           credentials: new ChainedCredentials([jobCredentials, credentials]),
-          plainHttp: (h) => isLoopbackHost(h) || plain.has(h),
+          egress,
           dispatcher,
         });
         return { warmer: new ImageWarmer(jobClient, fetcher, store), close: () => jobClient.close() };
@@ -229,7 +252,13 @@ export class AgentDaemon {
     else if (c.containerdSocket !== '') this.#runtime = new CriImageService({ address: c.containerdSocket });
 
     // Shared by prewarm jobs and the mirror: both try the peers holding a blob first.
-    const peerDirectory = c.peerUrl ? new RedisPeerDirectory(redis, { selfUrl: c.peerUrl }) : undefined;
+    const peerDirectory =
+      c.peerUrl && peerTokens
+        ? new RedisPeerDirectory(redis, {
+            selfUrl: c.peerUrl,
+            peerOptions: { token: peerTokens[0] as string },
+          })
+        : undefined;
     const processor = new PrewarmProcessor(
       { node: c.nodeName, defaultPlatform: defaultPlatform(c), blobConcurrency: c.blobConcurrency },
       {
@@ -247,8 +276,14 @@ export class AgentDaemon {
     );
 
     if (c.mirrorPort > 0) {
+      const h = parseHost(c.mirrorHost.includes(':') ? `[${c.mirrorHost}]` : c.mirrorHost);
+      if (!h || classifyHost(h.hostname) !== 'loopback')
+        log.warn(
+          { mirrorHost: c.mirrorHost },
+          'the mirror listens beyond loopback: whoever reaches it can read the images warmed on this node',
+        );
       this.#mirror = new Mirror(
-        { store, fetcher, client: this.#client },
+        { store, fetcher, client: this.#mirrorClient },
         {
           listen: `${c.mirrorHost}:${c.mirrorPort}`,
           logger: log.child({ component: 'mirror' }),
@@ -259,6 +294,17 @@ export class AgentDaemon {
       const mirror = this.#mirror;
       await mirror.start();
       this.metrics.attachMirror(() => mirror.stats);
+    }
+    if (peerTokens) {
+      this.#peerServer = new PeerServer(
+        { store, fetcher },
+        {
+          listen: `${c.peerHost.includes(':') ? `[${c.peerHost}]` : c.peerHost}:${c.peerPort}`,
+          tokens: peerTokens,
+          logger: log.child({ component: 'peers' }),
+        },
+      );
+      await this.#peerServer.start();
     }
 
     // A first collection before taking jobs: the budget may have shrunk while we were down.
@@ -380,10 +426,12 @@ export class AgentDaemon {
       await this.#fetcher?.close();
       await this.#gcRunning;
       await this.#mirror?.close();
+      await this.#peerServer?.close();
       await this.#queue?.close().catch(() => undefined);
       this.#redis?.disconnect();
       this.#runtime?.close();
       await this.#client?.close();
+      await this.#mirrorClient?.close();
       await this.#dispatcher?.close();
       await this.#health?.close();
       log.info({ durationMs: Math.round(performance.now() - started) }, 'agent stopped');

@@ -4,6 +4,7 @@
  * table). `loadConfig` validates everything at start and reports all problems at once;
  * only daemon/main.ts passes it `process.env`.
  */
+import { EgressPolicy, PUBLIC_REGISTRIES } from '../../../oci/src/egress-policy.js';
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
 import { formatPlatform, hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
 import { isValidRegistryHost } from '../../../oci/src/reference.js';
@@ -105,6 +106,17 @@ function hostList(raw: string): string[] {
   for (const h of hosts)
     if (!isValidRegistryHost(h)) throw new Error(`${JSON.stringify(h)} is not a registry host`);
   return hosts;
+}
+
+/** The egress allow-list: hosts and `_default`, validated by the policy itself. */
+function registryList(raw: string): string[] {
+  const list = raw
+    .split(',')
+    .map((h) => h.trim())
+    .filter(Boolean);
+  if (list.length === 0) throw new Error(`must name at least one registry (or ${PUBLIC_REGISTRIES})`);
+  new EgressPolicy({ allowedRegistries: list });
+  return list;
 }
 
 function platform(raw: string): string {
@@ -264,9 +276,9 @@ export const AGENT_SETTINGS = {
   }),
   mirrorHost: setting({
     env: 'KUBE_PREWARM_MIRROR_HOST',
-    default: '0.0.0.0',
+    default: '127.0.0.1',
     description:
-      'Address of the node-local mirror (containerd uses it via hosts.toml, peer agents via the node IP).',
+      'Address of the node-local mirror containerd pulls through (hosts.toml; containerd is on the same host). Keep it on loopback: the mirror serves warmed images to whoever reaches it. Peers use their own listener (KUBE_PREWARM_PEER_PORT).',
     parse: nonEmpty,
   }),
   mirrorPort: setting({
@@ -279,13 +291,41 @@ export const AGENT_SETTINGS = {
     env: 'KUBE_PREWARM_PEER_URL',
     default: '',
     description:
-      "This node's mirror URL as other agents reach it (`http://$(NODE_IP):5050`). Set: blobs are announced in Redis and fetched from peers holding them before the registry. Empty = no peer sharing.",
+      "This node's peer listener URL as other agents reach it (`http://$(NODE_IP):5051`). Set: the peer listener runs (needs KUBE_PREWARM_PEER_TOKEN_FILE), blobs are announced in Redis and fetched from peers holding them before the registry. Empty = no peer sharing, no peer listener.",
     parse: (raw: string) => {
       if (raw === '') return raw;
       const u = new URL(raw);
       if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('must be an http(s) URL');
       return u.origin;
     },
+  }),
+  peerHost: setting({
+    env: 'KUBE_PREWARM_PEER_HOST',
+    default: '0.0.0.0',
+    description:
+      'Address of the peer listener (only with KUBE_PREWARM_PEER_URL): other agents fetch blobs this node holds from it, with the peer token.',
+    parse: nonEmpty,
+  }),
+  peerPort: setting({
+    env: 'KUBE_PREWARM_PEER_PORT',
+    default: '5051',
+    description:
+      'Port of the peer listener (only with KUBE_PREWARM_PEER_URL; 0 = any free port, logged). It serves blobs by digest to requests carrying the peer token, nothing else.',
+    parse: port,
+  }),
+  peerTokenFile: setting({
+    env: 'KUBE_PREWARM_PEER_TOKEN_FILE',
+    default: '',
+    description:
+      'File with the cluster peer token (mount it from a Secret), required with KUBE_PREWARM_PEER_URL: sent to peers and required from them. One token a line, each at least 32 characters; the first is sent, all are accepted (rotation).',
+    parse: (raw: string) => raw,
+  }),
+  allowedRegistries: setting({
+    env: 'KUBE_PREWARM_ALLOWED_REGISTRIES',
+    default: PUBLIC_REGISTRIES,
+    description:
+      'Comma-separated registries the agent may contact, for prewarm jobs and mirror misses alike: hosts (`host`, `host:port`; without a port every port) and `_default` = any public registry. Loopback, private, link-local and metadata addresses (also behind a DNS name) are reached only when listed explicitly. Set it to the registries hosts.toml is written for.',
+    parse: registryList,
   }),
   containerdSocket: setting({
     env: 'KUBE_PREWARM_CONTAINERD_SOCKET',
@@ -316,7 +356,8 @@ export const AGENT_SETTINGS = {
   plainHttpRegistries: setting({
     env: 'KUBE_PREWARM_PLAIN_HTTP',
     default: '',
-    description: 'Comma-separated registry hosts spoken to over plain HTTP (loopback always is).',
+    description:
+      'Comma-separated registry hosts spoken to over plain HTTP; each must be allowed by KUBE_PREWARM_ALLOWED_REGISTRIES. Loopback registries listed explicitly there are spoken to over HTTP too.',
     parse: hostList,
   }),
   platform: setting({
@@ -365,6 +406,14 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): A
       );
     if ((out.stalledIntervalMs as number) > 4 * (out.lockDurationMs as number))
       problems.push('KUBE_PREWARM_STALLED_INTERVAL should not exceed 4 × KUBE_PREWARM_JOB_LOCK');
+    if (out.peerUrl !== '' && out.peerTokenFile === '')
+      problems.push(
+        'KUBE_PREWARM_PEER_URL is set but KUBE_PREWARM_PEER_TOKEN_FILE is not: peers must authenticate',
+      );
+    const policy = egressPolicy(out as AgentConfig);
+    for (const h of out.plainHttpRegistries as string[])
+      if (!policy.allowsRegistry(h))
+        problems.push(`KUBE_PREWARM_PLAIN_HTTP: ${h} is not allowed by KUBE_PREWARM_ALLOWED_REGISTRIES`);
   }
   if (problems.length > 0) {
     throw new PrewarmError(
@@ -384,6 +433,16 @@ export function redactConfig(config: AgentConfig): Record<string, unknown> {
   for (const [key, s] of Object.entries(AGENT_SETTINGS) as [keyof Settings, Setting<unknown>][])
     out[key] = s.secret ? '[hidden]' : config[key];
   return out;
+}
+
+/** The egress policy of the agent (its jobs and its mirror), from the validated configuration. */
+export function egressPolicy(
+  config: Pick<AgentConfig, 'allowedRegistries' | 'plainHttpRegistries'>,
+): EgressPolicy {
+  return new EgressPolicy({
+    allowedRegistries: config.allowedRegistries,
+    plainHttp: config.plainHttpRegistries,
+  });
 }
 
 /** The platform to use for a job that names none. */

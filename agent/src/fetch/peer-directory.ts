@@ -17,13 +17,28 @@ export interface PeerDirectory {
 }
 
 export interface RedisPeerDirectoryOptions {
-  /** This node's mirror URL as peers reach it (`http://<node-ip>:<port>`). */
+  /**
+   * This node's peer listener URL as peers reach it (`http://<node-ip>:<peer port>`, see
+   * agent/src/mirror/peer-server.ts): what is announced, and skipped in `holders()`.
+   */
   selfUrl: string;
   /** At most this many peers are tried per blob. Default 3. */
   maxPeers?: number;
   /** Entries expire unless re-announced (the agent re-announces on its resync). Default 24 h. */
   ttlSeconds?: number;
+  /** How holders are asked; `token` (the cluster's peer token) is what their listeners require. */
   peerOptions?: PeerSourceOptions;
+}
+
+/** A holder entry is used only when it is a bare http(s) origin (no user info, path or query). */
+function peerOrigin(url: string): string | undefined {
+  try {
+    const u = new URL(url);
+    if ((u.protocol !== 'http:' && u.protocol !== 'https:') || u.username || u.password) return undefined;
+    return u.origin === url ? url : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A PeerDirectory on Redis: one set of mirror URLs per blob digest. */
@@ -40,7 +55,11 @@ export class RedisPeerDirectory implements PeerDirectory {
   }
 
   async holders(digest: Digest): Promise<BlobSource[]> {
-    const urls = (await this.redis.smembers(this.#key(digest))).filter((u) => u !== this.opts.selfUrl);
+    // Entries come from Redis: anything that is not a plain origin is ignored, so the peer
+    // token is only ever sent to an http(s) origin's peer path.
+    const urls = (await this.redis.smembers(this.#key(digest))).filter(
+      (u) => u !== this.opts.selfUrl && peerOrigin(u) !== undefined,
+    );
     // Spread load: order peers by a hash of (digest, url) so different blobs prefer different peers.
     urls.sort((a, b) => score(digest, a) - score(digest, b));
     return urls.slice(0, this.opts.maxPeers ?? 3).map((url) => {

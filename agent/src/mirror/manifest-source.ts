@@ -1,19 +1,24 @@
 import type { Logger } from 'pino';
-import type { RegistryClient } from '../../../oci/src/client.js';
+import type { ForwardedAuth, RegistryClient } from '../../../oci/src/client.js';
 import type { Digest } from '../../../oci/src/digest.js';
 import { ErrorCodes, isPrewarmError } from '../../../oci/src/errors.js';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../../../oci/src/manifest.js';
 import { formatPlatform, type Platform } from '../../../oci/src/platform.js';
-import type { BlobStore, ImageRecord } from '../store/blob-store.js';
+import type { BlobStore } from '../store/blob-store.js';
 import type { TagPolicy } from './mirror-options.js';
 import { MirrorHttpError, toMirrorHttpError } from './oci-errors.js';
+import type { RecordIndex } from './record-index.js';
 
 /** A manifest ready to serve: verified bytes, digest and media type. */
 export interface ServedManifest {
   digest: Digest;
   mediaType: string;
   bytes: Buffer;
-  /** `store`: found locally; `upstream`: fetched now (and stored); `store-fallback`: tag answered from the store because the upstream could not. */
+  /**
+   * `store`: found locally and tied to the repository by a record, or confirmed upstream;
+   * `upstream`: fetched now (and stored); `store-fallback`: tag answered from a record
+   * because the upstream could not be reached.
+   */
   origin: 'store' | 'upstream' | 'store-fallback';
 }
 
@@ -21,9 +26,11 @@ export interface ServedManifest {
 export interface ManifestRequest {
   /** Registry host the name lives in (`?ns=` or the default): keys the store's image records. */
   registry: string | undefined;
-  /** Registry to contact on a miss; undefined = answer from the store only. */
+  /** Registry to contact (allowed by the egress policy); undefined = answer from records only. */
   upstream: string | undefined;
   name: string;
+  /** The client's own authorization, forwarded upstream; the node's credentials are never used. */
+  forward: ForwardedAuth;
   /** Bounds every upstream call of this request. */
   signal: AbortSignal;
 }
@@ -36,29 +43,54 @@ export interface ManifestSourceOptions {
 }
 
 /**
- * Answers manifest requests from the store, the upstream, or (for tags the upstream cannot
- * resolve right now) the digest the store last recorded for the tag. Everything served is
- * verified: stored manifests were hashed when stored, fetched ones are hashed by the
- * registry client against the digest asked for, and stored before they are served.
+ * Upstream failures after which a tag may be answered from the store's record: the
+ * upstream could not be reached or failed (network error, timeout, 5xx). Never a refusal
+ * (401/403: the client is not entitled; the store must not answer for the upstream) and
+ * never "no such tag" (404: a deleted tag is not resurrected).
+ */
+export function upstreamUnreachable(err: unknown): boolean {
+  if (!isPrewarmError(err)) return false;
+  if (err.code === ErrorCodes.NETWORK || err.code === ErrorCodes.ABORTED) return true;
+  return err.code === ErrorCodes.REGISTRY_ERROR && (err.status === undefined || err.status >= 500);
+}
+
+/**
+ * Answers manifest requests. What is served is verified (stored manifests were hashed when
+ * stored, fetched ones are hashed against the digest asked for) and entitled: a manifest is
+ * served from the store without the upstream only when an image record ties it to the
+ * requested repository; otherwise the upstream must confirm it for this repository with
+ * the client's own authorization (a 401/403 is passed on). By tag, the upstream decides;
+ * the record answers only while the upstream is unreachable (`upstreamUnreachable`), or
+ * first with the `store-first` policy.
  */
 export class ManifestSource {
   constructor(
     readonly store: BlobStore,
     readonly client: RegistryClient,
+    readonly records: RecordIndex,
     readonly opts: ManifestSourceOptions,
   ) {}
 
-  /** By digest: the store if present, else the upstream (if allowed). Throws MirrorHttpError. */
-  async byDigest(req: ManifestRequest, digest: Digest): Promise<ServedManifest> {
+  /**
+   * By digest. `confirmed`: the upstream has just named this digest for the repository
+   * (a tag resolved with the client's authorization). Throws MirrorHttpError.
+   */
+  async byDigest(req: ManifestRequest, digest: Digest, confirmed = false): Promise<ServedManifest> {
     const local = await this.#fromStore(digest);
-    if (local) return local;
+    const tied =
+      req.registry !== undefined && (await this.records.ties(`${req.registry}/${req.name}`, digest));
+    if (local && (tied || confirmed)) return local;
     if (!req.upstream) throw unknownManifest(digest);
+    const ref = { registry: req.upstream, repository: req.name, digest };
     try {
-      const got = await this.client.fetchManifest(
-        { registry: req.upstream, repository: req.name, digest },
-        digest,
-        req.signal,
-      );
+      if (local) {
+        // In the store but not tied to this repository: the upstream must confirm that this
+        // client may read it here (a digest is not a secret).
+        const head = await this.client.headManifest(ref, digest, req.signal, req.forward);
+        if (!head) await this.client.fetchManifest(ref, digest, req.signal, req.forward);
+        return local;
+      }
+      const got = await this.client.fetchManifest(ref, digest, req.signal, req.forward);
       await this.store.putBytes(got.digest, got.bytes);
       return { digest: got.digest, mediaType: got.mediaType, bytes: got.bytes, origin: 'upstream' };
     } catch (err) {
@@ -69,32 +101,30 @@ export class ManifestSource {
   /** By tag, per the tag policy (see `TagPolicy`). Throws MirrorHttpError. */
   async byTag(req: ManifestRequest, tag: string): Promise<ServedManifest> {
     if (this.opts.tagPolicy === 'store-first' || !req.upstream) {
-      const known = await this.#recordedDigest(req, tag);
-      if (known) {
-        const m = await this.#fromStore(known);
-        if (m) return m;
-      }
+      const m = await this.#recorded(req, tag);
+      if (m) return m;
       if (!req.upstream) throw unknownManifest(tag);
     }
     const upstream = req.upstream;
     let digest: Digest;
     try {
       const signal = AbortSignal.any([req.signal, AbortSignal.timeout(this.opts.resolveTimeoutMs)]);
-      ({ digest } = await this.client.resolve({ registry: upstream, repository: req.name, tag }, signal));
+      ({ digest } = await this.client.resolve(
+        { registry: upstream, repository: req.name, tag },
+        signal,
+        req.forward,
+      ));
     } catch (err) {
-      // The upstream says the tag does not exist: it was deleted or never pushed; an old
-      // digest from the store would be a lie.
-      if (isPrewarmError(err, ErrorCodes.MANIFEST_UNKNOWN)) throw toMirrorHttpError(err);
-      const known = await this.#recordedDigest(req, tag);
-      const m = known ? await this.#fromStore(known) : undefined;
+      if (!upstreamUnreachable(err)) throw toMirrorHttpError(err);
+      const m = await this.#recorded(req, tag);
       if (!m) throw toMirrorHttpError(err);
       this.opts.logger.info(
         { image: `${req.registry}/${req.name}:${tag}`, digest: m.digest, reason: describe(err) },
-        'upstream cannot resolve the tag; serving the digest recorded in the store',
+        'upstream cannot be reached to resolve the tag; serving the digest recorded in the store',
       );
       return { ...m, origin: 'store-fallback' };
     }
-    return this.byDigest(req, digest);
+    return this.byDigest(req, digest, true);
   }
 
   async #fromStore(digest: Digest): Promise<ServedManifest | undefined> {
@@ -115,20 +145,15 @@ export class ManifestSource {
     return { digest, mediaType, bytes, origin: 'store' };
   }
 
-  /** The digest the store recorded for `registry/name:tag`, newest record first. */
-  async #recordedDigest(req: ManifestRequest, tag: string): Promise<Digest | undefined> {
+  /** The manifest a record of `registry/name:tag` names, if the store holds it. */
+  async #recorded(req: ManifestRequest, tag: string): Promise<ServedManifest | undefined> {
     if (!req.registry) return undefined;
-    const repository = `${req.registry}/${req.name}`;
-    for (const p of this.opts.platforms) {
-      const r = await this.store.getImage(repository, tag, formatPlatform(p));
-      if (r?.tag === tag) return r.digest;
-    }
-    // Records of other platforms (an arm64 image warmed on purpose) are found by a scan.
-    let best: ImageRecord | undefined;
-    for (const r of await this.store.listImages()) {
-      if (r.repository === repository && r.tag === tag && (!best || r.warmedAt > best.warmedAt)) best = r;
-    }
-    return best?.digest;
+    const digest = await this.records.tagDigest(
+      `${req.registry}/${req.name}`,
+      tag,
+      this.opts.platforms.map(formatPlatform),
+    );
+    return digest ? this.#fromStore(digest) : undefined;
   }
 }
 

@@ -4,11 +4,13 @@ import type { BlobSource, BlobTarget } from '../fetch/sources.js';
 
 /**
  * How a manifest requested by tag is answered.
- * - `upstream-first`: resolve the tag upstream (bounded by `resolveTimeoutMs`); when the
- *   upstream cannot answer (down, slow, 5xx, auth), serve the digest the store last
- *   recorded for the tag. A tag the upstream says does not exist is not served from the store.
- * - `store-first`: serve the store's recorded digest without asking upstream; ask upstream
- *   only for tags the store does not know.
+ * - `upstream-first`: resolve the tag upstream with the client's authorization (bounded by
+ *   `resolveTimeoutMs`); only when the upstream cannot be reached (network error, timeout,
+ *   5xx) serve the digest the store last recorded for the tag. A 401/403 is passed on to
+ *   the client, and a tag the upstream says does not exist (404) is not served from the store.
+ * - `store-first`: serve the store's recorded digest without asking upstream (so without
+ *   checking the client's access: anyone who reaches the mirror gets warmed tags); ask
+ *   upstream only for tags the store does not know.
  */
 export type TagPolicy = 'upstream-first' | 'store-first';
 
@@ -35,14 +37,13 @@ export interface MirrorOptions {
    * the client cannot mistake it for the blob). Default 30 s.
    */
   stallTimeoutMs?: number;
-  /** Upstream registry for requests without `?ns=`. Default none: such requests are answered from the store only. */
-  defaultRegistry?: string;
   /**
-   * Whether the mirror may contact `host` (from `?ns=`) on a miss. Default: every host.
-   * Restrict it to the registries in hosts.toml when the mirror listens on a node address
-   * reachable by pods, so it cannot be used to fetch from arbitrary hosts.
+   * Upstream registry for requests without `?ns=`. Default none: such requests are
+   * answered from the store only, and nothing is tied to a repository without a registry,
+   * so in effect they get 404. Which upstreams may be contacted at all is the registry
+   * client's egress policy (`MirrorDeps.client.egress`).
    */
-  allowUpstream?: (host: string) => boolean;
+  defaultRegistry?: string;
   /**
    * Platforms whose image records answer a tag from the store (the record is per platform).
    * Default: this host's platform. Records of other platforms are still found, by a scan.

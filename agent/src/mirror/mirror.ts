@@ -1,7 +1,6 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import pino, { type Logger } from 'pino';
-import { header, type RegistryClient } from '../../../oci/src/client.js';
+import { type ForwardedAuth, header, type RegistryClient } from '../../../oci/src/client.js';
 import type { Digest } from '../../../oci/src/digest.js';
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
 import { hostPlatform } from '../../../oci/src/platform.js';
@@ -17,20 +16,26 @@ import {
   streamInflightBlob,
   waitForFirstByte,
 } from './blob-responder.js';
+import { API_VERSION_HEADER, HttpListener, send, sendOciError } from './http-listener.js';
 import { ManifestSource, type ServedManifest } from './manifest-source.js';
 import type { MirrorOptions, TagPolicy } from './mirror-options.js';
-import { MirrorHttpError, ociErrorBody, toMirrorHttpError } from './oci-errors.js';
+import { MirrorHttpError, toMirrorHttpError } from './oci-errors.js';
 import { parseRange } from './range.js';
+import { RecordIndex } from './record-index.js';
 import { parseMirrorPath, parseNamespace } from './routes.js';
 
-/** Header a peer agent's fetcher sends (PeerSource): answer from the store or downloads in flight only. */
-export const PEER_HEADER = 'x-kube-prewarm-peer';
+export { parseListen } from './http-listener.js';
 
 /** What the mirror needs: the node's store, the fetcher that fills it, and a registry client for upstreams. */
 export interface MirrorDeps {
   store: BlobStore;
   /** The same fetcher the prewarm jobs use, so a pull joins their downloads (single-flight). */
   fetcher: BlobFetcher;
+  /**
+   * Reaches upstreams; its egress policy decides which (`client.egress`). The mirror only
+   * ever sends the requesting client's own authorization, never this client's credentials:
+   * give it a client without any (the daemon does).
+   */
   client: RegistryClient;
 }
 
@@ -41,7 +46,7 @@ export interface MirrorStats {
   responses: Record<string, number>;
   manifestsFromStore: number;
   manifestsFromUpstream: number;
-  /** Tags answered from the store because the upstream could not resolve them. */
+  /** Tags answered from the store because the upstream could not be reached. */
   tagFallbacks: number;
   /** Blob body bytes sent from committed files. */
   blobBytesFromStore: number;
@@ -53,18 +58,31 @@ export interface MirrorStats {
   blobDownloadsJoined: number;
   /** Bodies cut short (download failed/stalled/restarted, client gone). */
   streamsAborted: number;
+  /** Requests refused because `?ns=` (or the default registry) is not allowed by the egress policy. */
+  upstreamsRefused: number;
+  /** Upstream 401/403 answers passed on to the client. */
+  authRelayed: number;
 }
 
 const DEFAULT_LISTEN = '127.0.0.1:5055';
-const API_VERSION_HEADER = { 'Docker-Distribution-API-Version': 'registry/2.0' };
+/** Longest client `Authorization` header forwarded upstream. */
+const MAX_AUTHORIZATION = 8 * 1024;
 
 /**
  * The node-local OCI mirror: a read-only distribution server that containerd reaches
  * through hosts.toml. Manifests and blobs come from the store; a blob miss is downloaded
  * through the shared fetcher while it is being served (a pull racing a prewarm joins that
- * download); a tag is resolved upstream with a short timeout, or from the store's record.
- * It fails fast (503 within `deadlineMs`) so containerd falls back to the next host, and it
- * only ever completes a response with verified content.
+ * download); a tag is resolved upstream with a short timeout, or from the store's record
+ * while the upstream cannot be reached. It fails fast (503 within `deadlineMs`) so
+ * containerd falls back to the next host, and it only ever completes a response with
+ * verified content.
+ *
+ * Access: content is served under `/v2/<name>/…?ns=<registry>` without asking the upstream
+ * only when an image record of `<registry>/<name>` ties it to that repository (warmed here
+ * on purpose); anything else must be confirmed by the upstream for that repository with the
+ * client's own `Authorization`, which the mirror forwards (it never uses the node's
+ * credentials), and a 401/403 from the upstream is passed on. Upstreams are limited by the
+ * client's egress policy: a `?ns=` it does not allow is answered 404 `NAME_UNKNOWN`.
  *
  * Lifecycle: `start(signal)` listens (aborting `signal` closes); `close()` stops accepting,
  * lets responses finish for `closeGraceMs`, then cuts connections. Downloads started by the
@@ -73,18 +91,14 @@ const API_VERSION_HEADER = { 'Docker-Distribution-API-Version': 'registry/2.0' }
 export class Mirror {
   readonly #deps: MirrorDeps;
   readonly #log: Logger;
-  readonly #listen: { host: string; port: number };
   readonly #tagPolicy: TagPolicy;
   readonly #deadlineMs: number;
   readonly #stallTimeoutMs: number;
   readonly #defaultRegistry: string | undefined;
-  readonly #allowUpstream: (host: string) => boolean;
   readonly #peers: NonNullable<MirrorOptions['peers']>;
-  readonly #closeGraceMs: number;
+  readonly #records: RecordIndex;
   readonly #manifests: ManifestSource;
-  readonly #closing = new AbortController();
-  readonly #server: Server;
-  readonly #sockets = new Set<Socket>();
+  readonly #listener: HttpListener;
   readonly #stats: MirrorStats = {
     requests: 0,
     responses: {},
@@ -96,47 +110,40 @@ export class Mirror {
     blobMisses: 0,
     blobDownloadsJoined: 0,
     streamsAborted: 0,
+    upstreamsRefused: 0,
+    authRelayed: 0,
   };
-  #address: string | undefined;
-  #closed: Promise<void> | undefined;
 
   /** Throws PW_ERR_INVALID_CONFIG for a malformed `listen` or `defaultRegistry`. */
   constructor(deps: MirrorDeps, opts: MirrorOptions = {}) {
     this.#deps = deps;
     this.#log = opts.logger ?? pino({ enabled: false });
-    this.#listen = parseListen(opts.listen ?? DEFAULT_LISTEN);
     this.#tagPolicy = opts.tagPolicy ?? 'upstream-first';
     this.#deadlineMs = opts.deadlineMs ?? 5_000;
     this.#stallTimeoutMs = opts.stallTimeoutMs ?? 30_000;
     if (opts.defaultRegistry !== undefined && !isValidRegistryHost(opts.defaultRegistry))
       throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `invalid default registry ${opts.defaultRegistry}`);
     this.#defaultRegistry = opts.defaultRegistry;
-    this.#allowUpstream = opts.allowUpstream ?? (() => true);
     this.#peers = opts.peers ?? (() => []);
-    this.#closeGraceMs = opts.closeGraceMs ?? 5_000;
-    this.#manifests = new ManifestSource(deps.store, deps.client, {
+    this.#records = new RecordIndex(deps.store);
+    this.#manifests = new ManifestSource(deps.store, deps.client, this.#records, {
       tagPolicy: this.#tagPolicy,
       resolveTimeoutMs: opts.resolveTimeoutMs ?? 2_000,
       platforms: opts.platforms ?? [hostPlatform()],
       logger: this.#log,
     });
-    this.#server = createServer((req, res) => {
-      this.#handle(req, res).catch((err: unknown) => {
-        this.#log.error({ err }, 'mirror handler failed');
-        res.destroy();
-      });
-    });
-    this.#server.keepAliveTimeout = opts.keepAliveTimeoutMs ?? 65_000;
-    this.#server.on('connection', (s: Socket) => {
-      this.#sockets.add(s);
-      s.once('close', () => this.#sockets.delete(s));
+    this.#listener = new HttpListener((req, res) => this.#handle(req, res), {
+      listen: opts.listen ?? DEFAULT_LISTEN,
+      keepAliveTimeoutMs: opts.keepAliveTimeoutMs ?? 65_000,
+      closeGraceMs: opts.closeGraceMs ?? 5_000,
+      logger: this.#log,
+      name: 'mirror',
     });
   }
 
   /** `host:port` actually bound (after `start()`); useful with port 0. */
   get address(): string {
-    if (!this.#address) throw new PrewarmError(ErrorCodes.INVALID_CONFIG, 'mirror not started');
-    return this.#address;
+    return this.#listener.address;
   }
 
   /** `http://host:port`, the URL to put in hosts.toml. */
@@ -154,35 +161,20 @@ export class Mirror {
    * mirror. Throws the listen error (EADDRINUSE, EADDRNOTAVAIL) as is.
    */
   async start(signal?: AbortSignal): Promise<string> {
-    await new Promise<void>((resolve, reject) => {
-      this.#server.once('error', reject);
-      this.#server.listen(this.#listen.port, this.#listen.host, () => {
-        this.#server.off('error', reject);
-        resolve();
-      });
-    });
-    const a = this.#server.address() as AddressInfo;
-    this.#address = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
-    this.#log.info({ address: this.#address, tagPolicy: this.#tagPolicy }, 'mirror listening');
+    const address = await this.#listener.start();
+    const egress = this.#deps.client.egress;
+    this.#log.info(
+      { address, tagPolicy: this.#tagPolicy, allowedRegistries: egress.allowedRegistries },
+      'mirror listening',
+    );
     signal?.addEventListener('abort', () => void this.close(), { once: true });
-    return this.#address;
+    return address;
   }
 
   /** Stops accepting, waits up to `closeGraceMs` for responses in progress, then cuts connections. Idempotent. */
-  close(): Promise<void> {
-    this.#closed ??= (async () => {
-      const done = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-      this.#server.closeIdleConnections();
-      const grace = setTimeout(() => {
-        this.#closing.abort(new PrewarmError(ErrorCodes.ABORTED, 'mirror closing'));
-        for (const s of this.#sockets) s.destroy();
-      }, this.#closeGraceMs);
-      await done;
-      clearTimeout(grace);
-      this.#closing.abort(new PrewarmError(ErrorCodes.ABORTED, 'mirror closed'));
-      this.#log.info('mirror closed');
-    })();
-    return this.#closed;
+  async close(): Promise<void> {
+    await this.#listener.close();
+    this.#log.info('mirror closed');
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -194,14 +186,13 @@ export class Mirror {
     const q = rawUrl.indexOf('?');
     const pathname = q < 0 ? rawUrl : rawUrl.slice(0, q);
     const query = new URLSearchParams(q < 0 ? '' : rawUrl.slice(q + 1));
-    const peer = header(req.headers, PEER_HEADER) === '1';
     // One signal per request: the client going away or the mirror closing stops its work.
     const reqAbort = new AbortController();
     const onClose = () => {
       if (!res.writableFinished) reqAbort.abort(new PrewarmError(ErrorCodes.ABORTED, 'client went away'));
     };
     res.once('close', onClose);
-    const signal = AbortSignal.any([reqAbort.signal, this.#closing.signal]);
+    const signal = AbortSignal.any([reqAbort.signal, this.#listener.closing]);
     let outcome = '';
     try {
       if (method !== 'GET' && method !== 'HEAD') {
@@ -220,12 +211,25 @@ export class Mirror {
         outcome = 'base';
         return;
       }
-      const ns = parseNamespace(query);
-      const registry = ns ?? this.#defaultRegistry;
-      const upstream =
-        !peer && registry !== undefined && this.#allowUpstream(registry) ? registry : undefined;
+      const registry = parseNamespace(query) ?? this.#defaultRegistry;
+      if (registry !== undefined && !this.#deps.client.egress.allowsRegistry(registry)) {
+        // Not an upstream this node may contact: nothing is looked up or sent anywhere.
+        this.#stats.upstreamsRefused++;
+        throw toMirrorHttpError(
+          new PrewarmError(ErrorCodes.EGRESS_DENIED, `upstream ${registry} not allowed`, {
+            detail: { reason: 'registry-not-allowed', host: registry },
+          }),
+        );
+      }
+      const ctx: RequestContext = {
+        registry,
+        upstream: registry,
+        name: route.name,
+        forward: { authorization: clientAuthorization(req) },
+        signal,
+      };
       if (route.kind === 'manifest') {
-        const m = await this.#manifest(registry, upstream, route.name, route, signal);
+        const m = await this.#manifest(ctx, route);
         send(
           res,
           200,
@@ -240,26 +244,12 @@ export class Mirror {
         outcome = `manifest:${m.origin}`;
         return;
       }
-      outcome = await this.#blob(req, res, route.name, route.digest, upstream, head, signal);
+      outcome = await this.#blob(req, res, ctx, route.digest, head);
     } catch (err) {
       const e = toMirrorHttpError(err);
+      if (e.status === 401 || e.status === 403) this.#stats.authRelayed++;
       if (!res.headersSent) {
-        const extra: Record<string, string> = {};
-        if (e.status === 416) {
-          const size = (e.detail as { size?: number } | undefined)?.size;
-          if (size !== undefined) extra['Content-Range'] = `bytes */${size}`;
-        }
-        const body = ociErrorBody(e.ociCode, e.message, e.detail);
-        send(
-          res,
-          e.status,
-          {
-            'Content-Type': 'application/json; charset=utf-8',
-            'Content-Length': String(Buffer.byteLength(body)),
-            ...extra,
-          },
-          method === 'HEAD' ? undefined : body,
-        );
+        sendOciError(res, e, method);
         outcome = `error:${e.ociCode}`;
       } else {
         // Mid-body: the only honest signal left is a short body on a closed connection.
@@ -267,8 +257,11 @@ export class Mirror {
         outcome = 'aborted';
         res.destroy();
       }
+      // What the upstream said stays here, never in the answer.
       if (e.status >= 500 || res.headersSent)
         this.#log.warn({ err: e.cause ?? e, path: pathname, ns: query.get('ns') }, e.message);
+      else if (e.cause !== undefined)
+        this.#log.info({ err: e.cause, path: pathname, ns: query.get('ns'), status: e.status }, e.message);
     } finally {
       res.off('close', onClose);
       const cls = `${Math.floor(res.statusCode / 100)}xx`;
@@ -278,7 +271,6 @@ export class Mirror {
           method,
           path: pathname,
           ns: query.get('ns') ?? undefined,
-          peer,
           status: res.statusCode,
           outcome,
           ms: Math.round(performance.now() - started),
@@ -289,14 +281,11 @@ export class Mirror {
   }
 
   async #manifest(
-    registry: string | undefined,
-    upstream: string | undefined,
-    name: string,
+    ctx: RequestContext,
     ref: { tag?: string | undefined; digest?: Digest | undefined },
-    signal: AbortSignal,
   ): Promise<ServedManifest> {
-    const deadline = AbortSignal.any([signal, AbortSignal.timeout(this.#deadlineMs)]);
-    const req = { registry, upstream, name, signal: deadline };
+    const deadline = AbortSignal.any([ctx.signal, AbortSignal.timeout(this.#deadlineMs)]);
+    const req = { ...ctx, signal: deadline };
     const m = ref.digest
       ? await this.#manifests.byDigest(req, ref.digest)
       : await this.#manifests.byTag(req, ref.tag as string);
@@ -310,18 +299,28 @@ export class Mirror {
   async #blob(
     req: IncomingMessage,
     res: ServerResponse,
-    name: string,
+    ctx: RequestContext,
     digest: Digest,
-    upstream: string | undefined,
     head: boolean,
-    signal: AbortSignal,
   ): Promise<string> {
     const { store, fetcher } = this.#deps;
+    const { signal } = ctx;
     const rangeHeader = header(req.headers, 'range');
     const served = (origin: BlobOrigin, n: number) => {
       if (origin === 'store') this.#stats.blobBytesFromStore += n;
       else this.#stats.blobBytesFromInflight += n;
     };
+    const deadline = () => AbortSignal.any([signal, AbortSignal.timeout(this.#deadlineMs)]);
+    // 0. Entitlement: a record ties the digest to this repository, or the upstream confirms
+    //    it for this repository and this client (HEAD with the client's authorization).
+    const tied =
+      ctx.registry !== undefined && (await this.#records.ties(`${ctx.registry}/${ctx.name}`, digest));
+    let upstreamSize: number | undefined;
+    if (!tied) {
+      if (!ctx.upstream)
+        throw new MirrorHttpError(404, 'BLOB_UNKNOWN', 'blob unknown to the node mirror', digest);
+      upstreamSize = await this.#upstreamBlobSize(ctx, digest, deadline());
+    }
     // 1. Committed: verified, on disk.
     if (await store.stat(digest)) {
       const n = await this.#sendCommitted(res, digest, rangeHeader, head);
@@ -332,10 +331,9 @@ export class Mirror {
     let blob = fetcher.inflight(digest);
     if (blob) this.#stats.blobDownloadsJoined++;
     else {
-      if (!upstream)
+      if (!ctx.upstream)
         throw new MirrorHttpError(404, 'BLOB_UNKNOWN', 'blob unknown to the node mirror', digest);
-      const deadline = AbortSignal.any([signal, AbortSignal.timeout(this.#deadlineMs)]);
-      const size = await this.#upstreamBlobSize(upstream, name, digest, deadline);
+      const size = upstreamSize ?? (await this.#upstreamBlobSize(ctx, digest, deadline()));
       if (head) {
         // HEAD of a miss answers from the upstream's metadata without downloading.
         const slice = sliceFor(parseRange(rangeHeader, size), size);
@@ -343,7 +341,10 @@ export class Mirror {
         return 'blob:upstream-head';
       }
       this.#stats.blobMisses++;
-      const started = await this.#startDownload({ registry: upstream, repository: name, digest, size });
+      const started = await this.#startDownload(
+        { registry: ctx.upstream, repository: ctx.name, digest, size },
+        ctx.forward,
+      );
       if (started === 'committed') {
         const n = await this.#sendCommitted(res, digest, rangeHeader, head);
         served('store', n);
@@ -382,20 +383,20 @@ export class Mirror {
     return sendCommittedBlob(res, store, digest, rangeHeader, head, API_VERSION_HEADER);
   }
 
-  /** The blob's size from an upstream HEAD, bounded by `signal`. Throws MirrorHttpError. */
-  async #upstreamBlobSize(
-    upstream: string,
-    name: string,
-    digest: Digest,
-    signal: AbortSignal,
-  ): Promise<number> {
+  /**
+   * The blob's size from an upstream HEAD with the client's authorization, bounded by
+   * `signal`: also the upstream's confirmation that this client may read the blob under
+   * this repository. Throws MirrorHttpError (401/403 passed on, 404 BLOB_UNKNOWN, 5xx).
+   */
+  async #upstreamBlobSize(ctx: RequestContext, digest: Digest, signal: AbortSignal): Promise<number> {
     try {
       const res = await this.#deps.client.blob({
-        registry: upstream,
-        repository: name,
+        registry: ctx.upstream as string,
+        repository: ctx.name,
         digest,
         method: 'HEAD',
         signal,
+        forward: ctx.forward,
       });
       await res.body.dump();
       const size = Number(header(res.headers, 'content-length'));
@@ -409,16 +410,17 @@ export class Mirror {
 
   /**
    * Starts (or joins) the fetcher's download of `target` and returns it once it is in
-   * flight, or `committed` if it finished first. The download runs to completion even if
-   * this client goes away: the next pull will want the same blob.
+   * flight, or `committed` if it finished first. The registry is asked with the client's
+   * authorization. The download runs to completion even if this client goes away: the next
+   * pull will want the same blob.
    */
-  async #startDownload(target: BlobTarget): Promise<InflightBlob | 'committed'> {
+  async #startDownload(target: BlobTarget, forward: ForwardedAuth): Promise<InflightBlob | 'committed'> {
     const { fetcher, client } = this.#deps;
     // A peer directory outage must not fail a pull: the registry is always the last source.
     const peers = await Promise.resolve()
       .then(() => this.#peers(target))
       .catch(() => []);
-    const sources = [...peers, new RegistrySource(client, target.registry)];
+    const sources = [...peers, new RegistrySource(client, target.registry, { forward })];
     let settled: 'ok' | 'failed' | undefined;
     let failure: unknown;
     const p = fetcher.fetch(target, { sources });
@@ -443,24 +445,20 @@ export class Mirror {
   }
 }
 
-function send(
-  res: ServerResponse,
-  status: number,
-  headers: Record<string, string>,
-  body: string | Buffer | undefined,
-): void {
-  res.writeHead(status, { ...API_VERSION_HEADER, ...headers });
-  res.end(body);
+/** One request's upstream, repository and the client's authorization. */
+interface RequestContext {
+  /** Keys the store's records (`?ns=` or the default registry). */
+  registry: string | undefined;
+  /** Allowed upstream to contact; undefined: records only. */
+  upstream: string | undefined;
+  name: string;
+  forward: ForwardedAuth;
+  signal: AbortSignal;
 }
 
-/** Parses `host:port` / `[v6]:port`; throws PW_ERR_INVALID_CONFIG. */
-export function parseListen(listen: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(listen);
-  const port = Number(m?.[3]);
-  if (!m || port > 65535)
-    throw new PrewarmError(
-      ErrorCodes.INVALID_CONFIG,
-      `invalid listen address ${JSON.stringify(listen)} (want host:port)`,
-    );
-  return { host: (m[1] ?? m[2]) as string, port };
+/** The client's `Authorization` when it is a Bearer or Basic credential of sane size; else none. */
+function clientAuthorization(req: IncomingMessage): string | undefined {
+  const a = header(req.headers, 'authorization');
+  if (!a || a.length > MAX_AUTHORIZATION || !/^(?:Bearer|Basic) [\x21-\x7e]+$/i.test(a)) return undefined;
+  return a;
 }

@@ -44,3 +44,19 @@ export function parseNamespace(query: URLSearchParams): string | undefined {
   if (!isValidRegistryHost(ns)) throw new MirrorHttpError(400, 'NAME_INVALID', 'invalid ns (registry host)');
   return ns;
 }
+
+const PEER_BLOB_RE = /^\/peer\/v1\/blobs\/([^/]+)$/;
+
+/**
+ * Parses a peer listener path: only `/peer/v1/blobs/<digest>` exists (no manifests, no
+ * tags, no repository names). Throws MirrorHttpError: 400 DIGEST_INVALID for a malformed
+ * digest, 404 UNSUPPORTED for any other path.
+ */
+export function parsePeerPath(path: string): Digest {
+  const m = PEER_BLOB_RE.exec(path);
+  if (!m) throw new MirrorHttpError(404, 'UNSUPPORTED', 'peers serve blobs by digest only');
+  const ref = m[1] as string;
+  if (!isDigest(ref))
+    throw new MirrorHttpError(400, 'DIGEST_INVALID', 'invalid digest (only sha256:<64 lower-case hex>)');
+  return ref;
+}

@@ -1,10 +1,10 @@
 import { parseArgs } from 'node:util';
 import pino from 'pino';
-import type { RegistryClient } from '../../../oci/src/client.js';
+import { RegistryClient } from '../../../oci/src/client.js';
+import { EgressPolicy } from '../../../oci/src/egress-policy.js';
 import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import { hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
-import { isValidRegistryHost } from '../../../oci/src/reference.js';
-import { openStoreFromFlags, registryClientFromFlags, STORE_REGISTRY_OPTIONS } from '../cli/common-flags.js';
+import { openStoreFromFlags, STORE_REGISTRY_OPTIONS } from '../cli/common-flags.js';
 import { describeError, ExitCodes, exitCodeFor } from '../cli/exit-codes.js';
 import { parseSize } from '../cli/format.js';
 import { BlobFetcher } from '../fetch/blob-fetcher.js';
@@ -18,11 +18,15 @@ export const SERVE_USAGE = `serve options (kube-prewarm serve --store <dir> --li
   --resolve-timeout <dur>    Upstream tag resolution before falling back to the store (default 2s)
   --deadline <dur>           Time to start an answer before 503 (default 5s)
   --stall-timeout <dur>      Cut a streaming body whose download stalls this long (default 30s)
-  --upstreams <hosts|*>      Registries the mirror may fetch from on a miss (default *: any)
+  --upstreams <hosts>        Registries the mirror may contact: hosts (host, host:port) and
+                             _default = any public registry (default _default; loopback,
+                             private and link-local hosts only when listed; * = anything)
   --default-registry <host>  Upstream for requests without ?ns= (default: none, store only)
   --platform <os/arch[/v]>   Platform whose image records answer tags (default: this host's)
-  --docker-config <file>     Upstream credentials (dockerconfigjson)
-  --plain-http <hosts>       Registry hosts spoken to over HTTP (loopback always is)
+  --plain-http <hosts>       Registry hosts spoken to over HTTP (loopback ones listed in
+                             --upstreams always are)
+  The mirror forwards each client's own Authorization upstream and has no credentials of
+  its own (--docker-config is refused).
   --bandwidth <size>         Fetcher bandwidth cap for misses, bytes/s (default: unlimited)
   --log-level <level>        debug, info (default), warn, error
   --no-fsync                 Skip fsync (throwaway stores only)
@@ -60,12 +64,32 @@ export async function serveCommand(argv: string[]): Promise<number> {
     const policy = values['tag-policy'] ?? 'upstream-first';
     if (policy !== 'upstream-first' && policy !== 'store-first')
       throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `--tag-policy must be upstream-first or store-first`);
-    const upstreams = (values.upstreams ?? '*').split(',').filter(Boolean);
-    if (!upstreams.every((h) => h === '*' || isValidRegistryHost(h)))
-      throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `--upstreams: invalid host in ${values.upstreams}`);
-    const anyUpstream = upstreams.includes('*');
+    if (values['docker-config'] !== undefined)
+      throw new PrewarmError(
+        ErrorCodes.INVALID_CONFIG,
+        '--docker-config: the mirror forwards each client its own credentials and uses none of its own',
+      );
+    const upstreams = (values.upstreams ?? '_default')
+      .split(',')
+      .map((h) => h.trim())
+      .filter(Boolean);
+    const plainHttp = (values['plain-http'] ?? '')
+      .split(',')
+      .map((h) => h.trim())
+      .filter(Boolean);
+    let egress: EgressPolicy;
+    try {
+      egress = upstreams.includes('*')
+        ? EgressPolicy.permissive((h) => plainHttp.includes(h) || EgressPolicy.permissive().plainHttp(h))
+        : new EgressPolicy({ allowedRegistries: upstreams, plainHttp });
+    } catch (err) {
+      throw new PrewarmError(
+        ErrorCodes.INVALID_CONFIG,
+        `--upstreams/--plain-http: ${(err as Error).message}`,
+      );
+    }
     // Few retries: a mirror that waits on a sick upstream holds up the pull it should speed up.
-    client = await registryClientFromFlags(values, { retry: { attempts: 2, maxDelayMs: 500 } });
+    client = new RegistryClient({ egress, retry: { attempts: 2, maxDelayMs: 500 } });
     const store = await openStoreFromFlags(values);
     fetcher = new BlobFetcher(store, {
       bandwidthBytesPerSec: values.bandwidth ? parseSize(values.bandwidth) : undefined,
@@ -83,7 +107,6 @@ export async function serveCommand(argv: string[]): Promise<number> {
           ? parseDuration(values['stall-timeout'], '--stall-timeout')
           : undefined,
         defaultRegistry: values['default-registry'],
-        allowUpstream: anyUpstream ? undefined : (h) => upstreams.includes(h),
         platforms: [values.platform ? parsePlatform(values.platform) : hostPlatform()],
         logger: log,
       },

@@ -77,5 +77,11 @@ export interface BlobStore {
   putImage(record: ImageRecord): Promise<void>;
   getImage(repository: string, ref: string, platform: string): Promise<ImageRecord | undefined>;
   listImages(): Promise<ImageRecord[]>;
+  /**
+   * Something that changes whenever image records are added or removed, possibly by another
+   * process (`{ stamp, changedAt }`: the records directory's modification time), so readers
+   * can cache `listImages()`. Optional: without it a cache must re-read every time.
+   */
+  imagesStamp?(): Promise<{ stamp: string; changedAtMs: number }>;
   deleteImage(record: ImageRecord): Promise<void>;
 }

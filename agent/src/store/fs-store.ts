@@ -276,6 +276,12 @@ export class FsBlobStore implements BlobStore {
     return [...seen.values()];
   }
 
+  /** The `images/` directory's mtime (ns): every record write or removal renames or unlinks in it. */
+  async imagesStamp(): Promise<{ stamp: string; changedAtMs: number }> {
+    const st = await stat(join(this.root, 'images'), { bigint: true });
+    return { stamp: `${st.mtimeNs}:${st.ino}`, changedAtMs: Number(st.mtimeNs / 1_000_000n) };
+  }
+
   async deleteImage(record: ImageRecord): Promise<void> {
     await rm(this.#imagePath(record.repository, record.digest, record.platform), { force: true });
     if (record.tag) {
