@@ -1,11 +1,12 @@
 /**
- * The whole push path with nothing simulated but the agent: a real registry sends its
- * notification for a `skopeo` push to the operator process's webhook endpoint
- * (operator/src/main.ts with KUBE_PREWARM_WEBHOOKS_CONFIG), the handler calls `onPush`, the event
- * goes through the Redis push inbox to the leader, the tag is re-resolved and the new
- * digest rolled out.
+ * The whole push path with nothing simulated but the agent, in the chart's topology: a
+ * real registry sends its notification for a `skopeo` push to the webhook receiver process
+ * (operator/src/webhooks-main.ts, no Kubernetes credentials), which appends the event to the
+ * Redis push stream; the operator process (no webhooks of its own) consumes it as leader,
+ * re-resolves the tag and rolls the new digest out.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { prewarmJobId } from '../../oci/src/job-contract.js';
@@ -15,7 +16,7 @@ import { createNode } from '../harness/kube-nodes.js';
 import type { ManagedProcess } from '../harness/process.js';
 import { type RedisHandle, startRedis } from '../harness/redis.js';
 import { type RegistryHandle, startRegistry } from '../harness/registry.js';
-import { Cleanup, makeTempDir } from '../harness/tmp.js';
+import { Cleanup, freePort, makeTempDir } from '../harness/tmp.js';
 import {
   asDigest,
   condition,
@@ -23,9 +24,10 @@ import {
   prewarmApi,
   QueueReader,
   redisConnection,
-  spawnOperatorWithWebhooks,
+  spawnOperator,
 } from './env.js';
 import { SimAgent } from './sim-agent.js';
+import { type ReceiverProcess, startReceiver } from './webhooks/receiver-process.js';
 
 describe('registry push → webhook → operator → new digest on the nodes', () => {
   const cleanup = new Cleanup();
@@ -33,6 +35,7 @@ describe('registry push → webhook → operator → new digest on the nodes', (
   let redis: RedisHandle;
   let registry: RegistryHandle;
   let operator: ManagedProcess | undefined;
+  let receiver: ReceiverProcess | undefined;
   const agents: SimAgent[] = [];
 
   before(async () => {
@@ -42,6 +45,7 @@ describe('registry push → webhook → operator → new digest on the nodes', (
     cleanup.defer(() => kube.stop());
   });
   after(async () => {
+    await receiver?.stop();
     await operator?.stop();
     for (const a of agents) await a.close();
     await cleanup.run();
@@ -49,11 +53,24 @@ describe('registry push → webhook → operator → new digest on the nodes', (
 
   test('a skopeo push is rolled out without anyone calling the operator', async () => {
     const dir = await makeTempDir('op-push', cleanup);
-    const op = await spawnOperatorWithWebhooks(kube.kubeconfigPath, redis.url, dir, 'push-test');
-    operator = op.operator;
-    const port = op.port;
+    const port = await freePort();
+    operator = await spawnOperator('operator', kube.kubeconfigPath, redis.url, dir, {
+      KUBE_PREWARM_LEASE_NAME: 'push-test',
+      KUBE_PREWARM_HTTP_PORT: String(port),
+    });
+    const op = operator;
+    await eventually(
+      'operator ready',
+      async () => op.running && (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200,
+    );
+    const secret = randomBytes(24).toString('hex');
+    receiver = await startReceiver({
+      dir,
+      redisUrl: redis.url,
+      options: { sources: { distribution: { secrets: [secret] } } },
+    });
     registry = await startRegistry({
-      notifications: { url: op.url, headers: { Authorization: `Bearer ${op.secret}` } },
+      notifications: { url: receiver.url('distribution'), headers: { Authorization: `Bearer ${secret}` } },
     });
     cleanup.defer(() => registry.close());
 
@@ -115,5 +132,8 @@ describe('registry push → webhook → operator → new digest on the nodes', (
     }
     const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     assert.match(metrics, /kprw_push_events_total\{result="matched"\} [1-9]/);
+    const received = await (await fetch(`http://127.0.0.1:${receiver.httpPort}/metrics`)).text();
+    assert.match(received, /kprw_webhook_events_total\{source="distribution",outcome="dispatched"\} [1-9]/);
+    assert.doesNotMatch(metrics, /kprw_webhook_deliveries_total\{/, 'the operator serves no webhooks');
   });
 });

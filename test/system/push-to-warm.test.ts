@@ -1,12 +1,15 @@
 /**
- * The whole system with nothing simulated: Debian's docker-registry sends its push
- * notification to the operator process (operator/src/main.ts, webhooks on), the operator
- * re-resolves the tag against the registry and enqueues per-node jobs, and the real node
+ * The whole system with nothing simulated, in the chart's topology: Debian's
+ * docker-registry sends its push notification to the webhook receiver process
+ * (operator/src/webhooks-main.ts, no Kubernetes credentials), which appends it to the Redis
+ * push stream; the operator process (operator/src/main.ts, no webhooks of its own) consumes
+ * it, re-resolves the tag against the registry and enqueues per-node jobs, and the real node
  * agents (AgentDaemon: fetcher, store, mirror, disk budget) warm the image; the
  * ImagePrewarm status on the real kube-apiserver shows the new digest warm, and a node
  * whose agent cannot hold the image is listed with the agent's failure reason.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { prewarmJobId } from '../../oci/src/job-contract.js';
 import { startAgent, startTestRedis } from '../agent/daemon-fixtures.js';
@@ -15,7 +18,7 @@ import { type KubeHandle, startKube } from '../harness/kube.js';
 import { createNode } from '../harness/kube-nodes.js';
 import type { ManagedProcess } from '../harness/process.js';
 import { type RegistryHandle, startRegistry } from '../harness/registry.js';
-import { Cleanup, makeTempDir } from '../harness/tmp.js';
+import { Cleanup, freePort, makeTempDir } from '../harness/tmp.js';
 import {
   asDigest,
   condition,
@@ -23,8 +26,9 @@ import {
   prewarmApi,
   QueueReader,
   redisConnection,
-  spawnOperatorWithWebhooks,
+  spawnOperator,
 } from '../operator/env.js';
+import { startReceiver } from '../operator/webhooks/receiver-process.js';
 
 const MiB = 1024 * 1024;
 
@@ -44,14 +48,27 @@ describe('push → webhook → operator → real agents → status', () => {
     kube = await startKube();
     cleanup.defer(() => kube.stop());
     const dir = await makeTempDir('system', cleanup);
-    const op = await spawnOperatorWithWebhooks(kube.kubeconfigPath, redisUrl, dir, 'system-test');
-    operator = op.operator;
-    port = op.port;
+    port = await freePort();
+    operator = await spawnOperator('operator', kube.kubeconfigPath, redisUrl, dir, {
+      KUBE_PREWARM_LEASE_NAME: 'system-test',
+      KUBE_PREWARM_HTTP_PORT: String(port),
+    });
     cleanup.defer(async () => {
       await operator?.stop();
     });
+    await eventually(
+      'operator ready',
+      async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200,
+    );
+    const secret = randomBytes(24).toString('hex');
+    const receiver = await startReceiver({
+      dir,
+      redisUrl,
+      options: { sources: { distribution: { secrets: [secret] } } },
+    });
+    cleanup.defer(() => receiver.stop());
     registry = await startRegistry({
-      notifications: { url: op.url, headers: { Authorization: `Bearer ${op.secret}` } },
+      notifications: { url: receiver.url('distribution'), headers: { Authorization: `Bearer ${secret}` } },
     });
     cleanup.defer(() => registry.close());
     // Two nodes whose agents have room, one whose agent's disk budget is too small for the image.
@@ -146,11 +163,10 @@ describe('push → webhook → operator → real agents → status', () => {
   test('a push under a tag nobody watches enqueues nothing', async () => {
     const before = new Map<string, number>();
     for (const n of ['sys-a', 'sys-b', 'sys-small']) before.set(n, (await reader.jobs(n)).length);
+    // The receiver cannot know what is watched (it sees no ImagePrewarms); the leader counts it.
     const metric = async () => {
       const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-      return Number(
-        /kprw_webhook_events_total\{source="distribution",outcome="unwatched"\} (\d+)/.exec(text)?.[1] ?? 0,
-      );
+      return Number(/kprw_push_events_total\{result="unmatched"\} (\d+)/.exec(text)?.[1] ?? 0);
     };
     const unwatchedBefore = await metric();
     await pushImage(registry, { repository: 'sys/app', tag: 'canary', layers: [{ files: { c: 'canary' } }] });
