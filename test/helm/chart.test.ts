@@ -25,9 +25,10 @@ import {
 import {
   createWebhookHandler,
   MemoryDedupStore,
+  parseWebhookOptionsFile,
   silentLogger,
-  type WebhookOptions,
 } from '../../operator/src/webhooks/index.js';
+import { loadReceiverConfig, RECEIVER_SETTINGS } from '../../operator/src/webhooks/receiver-config.js';
 import { REPO_ROOT } from '../harness/kube.js';
 import {
   all,
@@ -51,6 +52,7 @@ const SERVICE_MONITOR = 'monitoring.coreos.com/v1/ServiceMonitor';
 
 const operatorEnvNames = new Set(Object.values(OPERATOR_SETTINGS).map((s) => s.env));
 const agentEnvNames = new Set(Object.values(AGENT_SETTINGS).map((s) => s.env));
+const receiverEnvNames = new Set(Object.values(RECEIVER_SETTINGS).map((s) => s.env));
 
 /** Env vars a chart container sets that are not settings themselves (helpers for $(...)). */
 // Variables the chart sets for the runtime rather than for our config modules.
@@ -108,6 +110,12 @@ describe('helm lint', () => {
       agent: { rbac: { readPullSecrets: true }, priorityClassName: 'system-node-critical' },
       monitoring: { serviceMonitor: { enabled: true } },
       networkPolicy: { enabled: true, redisNodeCidrs: ['10.0.0.0/16'] },
+      webhooks: {
+        enabled: true,
+        sources: { github: { secrets: [SECRET_A] } },
+        ingress: { enabled: true },
+        receiver: { ingressFrom: [{ podSelector: {} }] },
+      },
     },
   };
   for (const [name, values] of Object.entries(valueSets)) {
@@ -462,12 +470,21 @@ describe('webhooks', () => {
       ingress: { enabled: true, host: 'hooks.example.com', className: 'nginx' },
     },
   };
+  const RECEIVER = `${FULL}-webhooks`;
 
-  test('one Secret with webhooks.yaml that the operator’s own webhook builder accepts', async () => {
+  function receiverEnv(objs: K8sObject[], extraSecrets: Record<string, string> = {}) {
+    const dep = one(objs, 'Deployment', '-webhooks');
+    return containerEnv(container(dep, 'webhooks'), {
+      fields: {},
+      secrets: secretFacts(objs, extraSecrets),
+    });
+  }
+
+  test('one Secret with webhooks.yaml that the receiver’s own parser and webhook builder accept', async () => {
     const objs = await render(values);
     const secret = one(objs, 'Secret', '-webhooks');
     assert.deepEqual(Object.keys(secret.stringData), ['webhooks.yaml']);
-    const options = parseYaml(secret.stringData['webhooks.yaml']) as WebhookOptions;
+    const options = parseWebhookOptionsFile(secret.stringData['webhooks.yaml']);
     assert.equal(options.maxBodyBytes, 262144);
     assert.deepEqual(options.sources.acr?.secrets, [SECRET_A, SECRET_B]);
     const handler = createWebhookHandler(
@@ -487,30 +504,107 @@ describe('webhooks', () => {
     }
   });
 
-  test('the operator reads it from the mounted path; config changes roll the pods; Ingress exposes only /webhooks', async () => {
+  test('a receiver Deployment of its own: 2 replicas, non-root, read-only root, no token, env accepted by its config', async () => {
     const objs = await render(values);
-    const dep = one(objs, 'Deployment');
-    const cfg = loadOperatorConfig(operatorEnv(objs));
-    const c = container(dep, 'operator');
-    const mount = c.volumeMounts.find(
-      (m: { mountPath: string }) => m.mountPath === dirname(cfg.webhooksConfig),
+    const dep = one(objs, 'Deployment', '-webhooks');
+    assert.equal(dep.metadata.name, RECEIVER);
+    assert.equal(dep.spec.replicas, 2);
+    const pod = dep.spec.template.spec;
+    assert.equal(pod.automountServiceAccountToken, false, 'no Kubernetes token in the pod');
+    assert.equal(pod.serviceAccountName, RECEIVER);
+    assert.equal(pod.securityContext.runAsNonRoot, true);
+    const c = container(dep, 'webhooks');
+    assert.deepEqual(c.args, ['webhooks']);
+    assert.equal(c.securityContext.readOnlyRootFilesystem, true);
+    assert.equal(c.securityContext.allowPrivilegeEscalation, false);
+    assert.deepEqual(c.securityContext.capabilities.drop, ['ALL']);
+    assert.ok(c.resources.limits.memory, 'a memory limit the caps are sized against');
+
+    for (const name of envNames(c))
+      assert.ok(receiverEnvNames.has(name) || HELPER_ENV.has(name), `receiver env ${name} is not a setting`);
+    const cfg = loadReceiverConfig(receiverEnv(objs));
+    assert.equal(new URL(cfg.redisUrl).host, `${FULL}-redis.${NAMESPACE}.svc:6379`);
+    assert.equal(cfg.maxInflightBodyBytes, 16 * 1024 * 1024);
+    assert.equal(cfg.maxConnections, 256);
+    assert.ok(cfg.reloadIntervalMs > 0, 'a changed Secret is applied without a restart');
+    const ports = new Map(
+      c.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]),
     );
-    assert.ok(mount, `nothing mounted at ${dirname(cfg.webhooksConfig)}`);
-    const vol = dep.spec.template.spec.volumes.find((v: { name: string }) => v.name === mount.name);
+    assert.equal(ports.get('webhooks'), cfg.webhooksPort);
+    assert.equal(ports.get('http'), cfg.httpPort);
+    assert.notEqual(cfg.webhooksPort, cfg.httpPort, 'probes answer while the webhook port is at its cap');
+    assert.equal(c.readinessProbe.httpGet.port, 'http');
+    assert.equal(c.livenessProbe.httpGet.port, 'http');
+    assert.ok(pod.terminationGracePeriodSeconds * 1000 > cfg.shutdownTimeoutMs);
+
+    // The Secret: mounted here at the path the receiver reads, whole (no subPath, so updates reach it).
+    const mount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === dirname(cfg.configPath));
+    assert.ok(mount, `nothing mounted at ${dirname(cfg.configPath)}`);
+    assert.equal(mount.subPath, undefined);
+    const vol = pod.volumes.find((v: { name: string }) => v.name === mount.name);
     assert.equal(vol.secret.secretName, `${FULL}-webhooks`);
     assert.deepEqual(vol.secret.items, [{ key: 'webhooks.yaml', path: 'webhooks.yaml' }]);
     assert.equal(vol.secret.defaultMode, 0o440, 'readable by the pod group (fsGroup), nobody else');
-    assert.equal(cfg.webhooksConfig.endsWith('/webhooks.yaml'), true);
 
-    const sum = dep.spec.template.metadata.annotations['checksum/webhooks'];
-    assert.match(sum, /^[0-9a-f]{64}$/);
-    const changed = structuredClone(values);
-    changed.webhooks.sources.github.secrets = [SECRET_A];
-    const sum2 = one(await render(changed), 'Deployment').spec.template.metadata.annotations[
-      'checksum/webhooks'
-    ];
-    assert.notEqual(sum2, sum);
+    const pdb = objs.find((o) => o.kind === 'PodDisruptionBudget' && o.metadata.name === RECEIVER);
+    assert.deepEqual(pdb?.spec.selector.matchLabels, dep.spec.selector.matchLabels);
+    const sa = objs.find((o) => o.kind === 'ServiceAccount' && o.metadata.name === RECEIVER);
+    assert.equal(sa?.automountServiceAccountToken, false);
+  });
 
+  test('the receiver’s service account is bound to no role at all', async () => {
+    for (const v of [values, { ...values, operator: { watchNamespace: 'team-a' } }]) {
+      const objs = await render(v);
+      const bound = objs
+        .filter((o) => o.kind === 'RoleBinding' || o.kind === 'ClusterRoleBinding')
+        .filter((b) => (b.subjects ?? []).some((s: { name: string }) => s.name === RECEIVER));
+      assert.deepEqual(
+        bound.map((b) => `${b.kind}/${b.metadata.name}`),
+        [],
+      );
+    }
+  });
+
+  test('the operator serves no webhooks and sees no webhook secret; nothing derived from the secrets in a pod spec', async () => {
+    const objs = await render(values);
+    const op = one(objs, 'Deployment', '-operator');
+    assert.equal(loadOperatorConfig(operatorEnv(objs)).webhooksConfig, '', 'no in-process webhooks');
+    const secretVolumes = (op.spec.template.spec.volumes ?? []).filter(
+      (v: { secret?: { secretName: string } }) => v.secret?.secretName === `${FULL}-webhooks`,
+    );
+    assert.deepEqual(secretVolumes, [], 'the webhooks Secret is mounted only into the receiver');
+    for (const dep of all(objs, 'Deployment')) {
+      const annotations = dep.spec.template.metadata.annotations ?? {};
+      assert.equal(
+        annotations['checksum/webhooks'],
+        undefined,
+        `${dep.metadata.name} carries checksum/webhooks`,
+      );
+    }
+    // A rotated secret changes the Secret only: pod templates stay the same (the receiver reloads).
+    const rotated = structuredClone(values);
+    rotated.webhooks.sources.github.secrets = [SECRET_A];
+    const again = await render(rotated);
+    for (const name of ['-operator', '-webhooks'])
+      assert.deepEqual(
+        one(again, 'Deployment', name).spec.template,
+        one(objs, 'Deployment', name).spec.template,
+        `${name} pod template depends on the secrets`,
+      );
+    assert.notDeepEqual(
+      one(again, 'Secret', '-webhooks').stringData,
+      one(objs, 'Secret', '-webhooks').stringData,
+    );
+  });
+
+  test('the Service and the Ingress reach only the receiver’s webhook port', async () => {
+    const objs = await render(values);
+    const dep = one(objs, 'Deployment', '-webhooks');
+    const svc = objs.find((o) => o.kind === 'Service' && o.metadata.name === RECEIVER)!;
+    assert.ok(svc);
+    assert.deepEqual(svc.spec.selector, dep.spec.selector.matchLabels);
+    const webhooksPort = svc.spec.ports.find((p: { name: string }) => p.name === 'webhooks');
+    assert.equal(webhooksPort.targetPort, 'webhooks');
     const ing = one(objs, 'Ingress');
     assert.equal(ing.spec.ingressClassName, 'nginx');
     assert.equal(ing.spec.rules[0].host, 'hooks.example.com');
@@ -518,13 +612,43 @@ describe('webhooks', () => {
       ing.spec.rules[0].http.paths.map((p: { path: string; pathType: string }) => [p.path, p.pathType]),
       [['/webhooks', 'Prefix']],
     );
-    assert.equal(ing.spec.rules[0].http.paths[0].backend.service.name, `${FULL}-operator`);
+    assert.deepEqual(ing.spec.rules[0].http.paths[0].backend.service, {
+      name: RECEIVER,
+      port: { name: 'webhooks' },
+    });
+    assert.equal(
+      one(objs, 'Service', '-operator').spec.ports.length,
+      1,
+      'the operator Service: metrics only',
+    );
   });
 
-  test('existingSecret: mounted, not rendered', async () => {
+  test('NetworkPolicy: the receiver’s webhook port from ingressFrom, metrics from the monitoring peers; it may reach Redis', async () => {
+    const peer = { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'ingress-nginx' } } };
+    const objs = await render({
+      ...values,
+      webhooks: { ...values.webhooks, receiver: { ingressFrom: [peer] } },
+      networkPolicy: { enabled: true, redisNodeCidrs: ['10.0.0.0/16'] },
+    });
+    const np = objs.find((o) => o.kind === 'NetworkPolicy' && o.metadata.name === RECEIVER)!;
+    const dep = one(objs, 'Deployment', '-webhooks');
+    assert.deepEqual(np.spec.podSelector.matchLabels, dep.spec.selector.matchLabels);
+    assert.deepEqual(np.spec.ingress[0], { ports: [{ port: 'webhooks', protocol: 'TCP' }], from: [peer] });
+    assert.deepEqual(np.spec.ingress[1].ports, [{ port: 'http', protocol: 'TCP' }]);
+    const redis = one(objs, 'NetworkPolicy', '-redis');
+    assert.ok(
+      redis.spec.ingress[0].from.some(
+        (f: { podSelector?: { matchLabels: Record<string, string> } }) =>
+          JSON.stringify(f.podSelector?.matchLabels) === JSON.stringify(dep.spec.selector.matchLabels),
+      ),
+      'the receiver may reach Redis',
+    );
+  });
+
+  test('existingSecret: mounted into the receiver, not rendered', async () => {
     const objs = await render({ webhooks: { enabled: true, existingSecret: 'my-hooks' } });
     assert.equal(all(objs, 'Secret').filter((s) => s.metadata.name.includes('webhooks')).length, 0);
-    const vol = one(objs, 'Deployment').spec.template.spec.volumes.find(
+    const vol = one(objs, 'Deployment', '-webhooks').spec.template.spec.volumes.find(
       (v: { secret?: { secretName: string } }) => v.secret?.secretName === 'my-hooks',
     );
     assert.ok(vol);
@@ -633,6 +757,27 @@ describe('values.schema.json and template checks refuse bad values', () => {
       'a gcr source with neither tokens nor oidc',
       { webhooks: { sources: { gcr: { subscriptions: [] } } } },
       /gcr/,
+    ],
+    [
+      'a gcr OIDC source without serviceAccountEmails',
+      {
+        webhooks: {
+          sources: {
+            gcr: {
+              oidc: {
+                jwksUrl: 'https://www.googleapis.com/oauth2/v3/certs',
+                audience: 'https://x/webhooks/gcr',
+              },
+            },
+          },
+        },
+      },
+      /serviceAccountEmails/,
+    ],
+    [
+      'a receiver body budget below 64 KiB',
+      { webhooks: { receiver: { maxInflightBodyBytes: 1024 } } },
+      /webhooks\/receiver\/maxInflightBodyBytes/,
     ],
     [
       'webhooks enabled without sources',

@@ -62,6 +62,16 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "kube-prewarm.webhooksSecretName" -}}
 {{- default (include "kube-prewarm.component" (list . "webhooks")) .Values.webhooks.existingSecret }}
 {{- end }}
+{{/* The webhook receiver (Deployment, Service, PDB, Ingress share the name). */}}
+{{- define "kube-prewarm.webhooksName" -}}{{ include "kube-prewarm.component" (list . "webhooks") }}{{- end }}
+
+{{- define "kube-prewarm.webhooksServiceAccount" -}}
+{{- if .Values.webhooks.receiver.serviceAccount.create }}
+{{- default (include "kube-prewarm.webhooksName" .) .Values.webhooks.receiver.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.webhooks.receiver.serviceAccount.name }}
+{{- end }}
+{{- end }}
 
 {{- define "kube-prewarm.operatorServiceAccount" -}}
 {{- if .Values.operator.serviceAccount.create }}
