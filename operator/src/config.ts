@@ -6,6 +6,7 @@
  * start half-working. Only main.ts passes `process.env` in.
  */
 import { hostname } from 'node:os';
+import { EgressPolicy, PUBLIC_REGISTRIES } from '../../oci/src/egress-policy.js';
 import { ErrorCodes, PrewarmError } from '../../oci/src/errors.js';
 
 /** Turns a raw environment value into a setting's value; throws with a readable reason. */
@@ -49,6 +50,21 @@ const hostLimits: Parser<Record<string, number>> = (raw) => {
     out[m[1]!] = Number(m[2]);
   }
   return out;
+};
+
+/** Comma-separated list, trimmed, empty items dropped. */
+const list: Parser<string[]> = (raw) =>
+  raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+
+/** Registry allow-list: hosts and `_default`, validated by the egress policy itself. */
+const registryList: Parser<string[]> = (raw) => {
+  const hosts = list(raw);
+  if (hosts.length === 0) throw new Error(`must name at least one registry (or ${PUBLIC_REGISTRIES})`);
+  new EgressPolicy({ allowedRegistries: hosts });
+  return hosts;
 };
 
 export const redisUrl: Parser<string> = (raw) => {
@@ -163,6 +179,20 @@ export const SETTINGS = {
     description: 'Per-registry cap on jobs in flight (its pull budget), as host=n[,host=n]. Empty: no cap.',
     parse: hostLimits,
   },
+  allowedRegistries: {
+    env: 'KUBE_PREWARM_ALLOWED_REGISTRIES',
+    default: [PUBLIC_REGISTRIES] as string[],
+    description:
+      'Registries the operator resolves tags and reads manifests from: hosts (host, host:port; without a port every port) and _default = any public registry. Loopback, private, link-local and metadata addresses (also behind a DNS name) only when listed explicitly. An ImagePrewarm naming another registry gets status reason RegistryNotAllowed (Ready=False for tags, Degraded for digests).',
+    parse: registryList,
+  },
+  plainHttpRegistries: {
+    env: 'KUBE_PREWARM_PLAIN_HTTP',
+    default: [] as string[],
+    description:
+      'Registry hosts spoken to over plain HTTP (each must be allowed); loopback registries listed explicitly in KUBE_PREWARM_ALLOWED_REGISTRIES are too.',
+    parse: list,
+  },
   registryRps: {
     env: 'KUBE_PREWARM_REGISTRY_RPS',
     default: 20,
@@ -254,6 +284,15 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): O
       'need KUBE_PREWARM_RETRY_PERIOD_MS < KUBE_PREWARM_RENEW_DEADLINE_MS < KUBE_PREWARM_LEASE_DURATION_MS',
     ]);
   }
+  const egress = new EgressPolicy({ allowedRegistries: cfg.allowedRegistries });
+  const notAllowed = cfg.plainHttpRegistries.filter((h) => !egress.allowsRegistry(h));
+  if (notAllowed.length > 0)
+    throw invalidConfig(
+      'operator',
+      notAllowed.map(
+        (h) => `KUBE_PREWARM_PLAIN_HTTP: ${h} is not allowed by KUBE_PREWARM_ALLOWED_REGISTRIES`,
+      ),
+    );
   if (cfg.identity === '') cfg.identity = `${hostname()}-${Math.random().toString(36).slice(2, 8)}`;
   return cfg;
 }
@@ -261,7 +300,11 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): O
 /** The settings as a Markdown table (for operator/README.md). */
 export function configTable(settings: Record<string, Setting<unknown>> = SETTINGS): string {
   const rows = Object.values(settings).map((s: Setting<unknown>) => {
-    const d = typeof s.default === 'object' ? '' : String(s.default);
+    const d = Array.isArray(s.default)
+      ? s.default.join(',')
+      : typeof s.default === 'object'
+        ? ''
+        : String(s.default);
     return `| \`${s.env}\` | ${d === '' ? '(empty)' : `\`${d}\``} | ${s.description} |`;
   });
   return ['| Variable | Default | Description |', '|---|---|---|', ...rows].join('\n');

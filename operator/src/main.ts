@@ -31,7 +31,12 @@ async function main(): Promise<void> {
   redis.on('error', (err) => log.warn(errFields(err), 'redis connection error'));
 
   const metrics = new Registry();
-  const resolver = new Resolver({ requestsPerSecond: cfg.registryRps, burst: cfg.registryBurst });
+  const resolver = new Resolver({
+    requestsPerSecond: cfg.registryRps,
+    burst: cfg.registryBurst,
+    allowedRegistries: cfg.allowedRegistries,
+    plainHttpRegistries: cfg.plainHttpRegistries,
+  });
   const kube = new ClientNodePort(kc, log.child({ component: 'kube' }), {
     ...(cfg.watchNamespace ? { namespace: cfg.watchNamespace } : {}),
   });

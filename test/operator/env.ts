@@ -170,7 +170,8 @@ export async function startOperator(
 ): Promise<InProcessOperator> {
   const redis = redisConnection(redisUrl);
   const metrics = new Registry();
-  const resolver = new Resolver();
+  // Test registries listen on 127.0.0.1: allowed explicitly (the default reaches public registries only).
+  const resolver = new Resolver({ allowedRegistries: ['127.0.0.1'] });
   // KUBE_PREWARM_TEST_LOG=debug shows the operator's logs on stderr when a test needs debugging.
   const level = process.env.KUBE_PREWARM_TEST_LOG;
   const log: Logger = level ? pino({ level }, pino.destination(2)) : silentLogger();
@@ -231,6 +232,7 @@ export async function spawnOperator(
       KUBE_PREWARM_LOG_LEVEL: 'debug',
       KUBE_PREWARM_PROGRESS_POLL_MS: '250',
       KUBE_PREWARM_JOB_ATTEMPTS: '1',
+      KUBE_PREWARM_ALLOWED_REGISTRIES: '127.0.0.1',
       ...env,
     },
   });

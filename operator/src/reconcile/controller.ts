@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { parseDockerConfig, StaticCredentials } from '../../../oci/src/auth.js';
 import { eachLimited } from '../../../oci/src/concurrency.js';
 import type { Digest } from '../../../oci/src/digest.js';
-import { isPrewarmError } from '../../../oci/src/errors.js';
+import { ErrorCodes, isPrewarmError } from '../../../oci/src/errors.js';
 import type { PrewarmMode, PrewarmOwnerRef } from '../../../oci/src/job-contract.js';
 import { formatPlatform, type Platform } from '../../../oci/src/platform.js';
 import { parseReference } from '../../../oci/src/reference.js';
@@ -360,8 +360,7 @@ export class PrewarmController {
             }
           } catch (err) {
             this.#metrics.resolves.inc({ result: 'error' });
-            const code = isPrewarmError(err) ? err.code : 'ERROR';
-            error = { reason: 'ResolveFailed', message: `${code}: ${(err as Error).message}` };
+            error = resolveErrorStatus(err);
             resolveError = {
               retryable: resolveError?.retryable === true || !isPrewarmError(err) || err.retryable,
             };
@@ -381,6 +380,9 @@ export class PrewarmController {
           };
         } catch (err) {
           // Sizes and platform lists are informative; agents report a missing platform themselves.
+          // A registry the operator may not contact is not: the CR must say so (digest images
+          // are never resolved, so this is where they learn it).
+          if (isPrewarmError(err, ErrorCodes.EGRESS_DENIED)) error ??= resolveErrorStatus(err);
           log.debug({ image: nameOf, ...errFields(err) }, 'cannot describe digest');
         }
       }
@@ -760,3 +762,20 @@ export function stableJson(v: unknown): string {
 }
 
 export type { ImageStatus };
+
+/**
+ * The status an image gets when resolving (or describing) it failed: `RegistryNotAllowed`
+ * when the egress policy refused the registry (a terminal, configuration problem: the CR
+ * names a registry outside KUBE_PREWARM_ALLOWED_REGISTRIES, or one at an internal address),
+ * else `ResolveFailed`; the message leads with the error code.
+ */
+export function resolveErrorStatus(err: unknown): { reason: string; message: string } {
+  const code = isPrewarmError(err) ? err.code : 'ERROR';
+  const message = `${code}: ${(err as Error).message}`;
+  if (isPrewarmError(err, ErrorCodes.EGRESS_DENIED))
+    return {
+      reason: 'RegistryNotAllowed',
+      message: `${message} (the operator's allowed registries: KUBE_PREWARM_ALLOWED_REGISTRIES)`,
+    };
+  return { reason: 'ResolveFailed', message };
+}

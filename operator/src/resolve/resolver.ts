@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { CredentialProvider } from '../../../oci/src/auth.js';
 import { RegistryClient } from '../../../oci/src/client.js';
 import type { Digest } from '../../../oci/src/digest.js';
+import { EgressPolicy, PUBLIC_REGISTRIES, type Resolve } from '../../../oci/src/egress-policy.js';
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
 import { isAttestation, manifestBlobs, selectPlatform } from '../../../oci/src/manifest.js';
 import { formatPlatform, type Platform } from '../../../oci/src/platform.js';
@@ -22,8 +23,22 @@ export interface ResolverOptions {
   maxBudgetWaitMs?: number;
   /** Descriptions cached by digest. Default 2 000. */
   cacheSize?: number;
-  /** Makes a registry client for a credential set. Default: `new RegistryClient({ credentials })`. */
-  clientFactory?: (credentials: CredentialProvider | undefined) => RegistryClient;
+  /**
+   * Registries that may be contacted (oci/src/egress-policy.ts): hosts and `_default` (any
+   * public registry). Default `['_default']`: loopback, private, link-local and metadata
+   * addresses are reached only when listed, so an ImagePrewarm cannot make the operator
+   * probe internal services. Operator config: KUBE_PREWARM_ALLOWED_REGISTRIES.
+   */
+  allowedRegistries?: readonly string[];
+  /** Registry hosts spoken to over plain HTTP (KUBE_PREWARM_PLAIN_HTTP). Default none. */
+  plainHttpRegistries?: readonly string[];
+  /** DNS resolution for the connect-time address check. Default: the system resolver. */
+  resolve?: Resolve;
+  /**
+   * Makes a registry client for a credential set and the egress policy. Default:
+   * `new RegistryClient({ credentials, egress })`.
+   */
+  clientFactory?: (credentials: CredentialProvider | undefined, egress: EgressPolicy) => RegistryClient;
 }
 
 export interface Description {
@@ -65,13 +80,22 @@ class TokenBucket {
 }
 
 export class Resolver {
-  readonly #opts: Required<Omit<ResolverOptions, 'clientFactory'>>;
-  readonly #factory: (credentials: CredentialProvider | undefined) => RegistryClient;
+  readonly #opts: Required<
+    Omit<ResolverOptions, 'clientFactory' | 'allowedRegistries' | 'plainHttpRegistries' | 'resolve'>
+  >;
+  readonly #egress: EgressPolicy;
+  readonly #factory: (credentials: CredentialProvider | undefined, egress: EgressPolicy) => RegistryClient;
   readonly #clients = new Map<string, RegistryClient>();
   readonly #buckets = new Map<string, TokenBucket>();
   readonly #descriptions = new Map<string, Description>();
 
+  /** Throws PW_ERR_INVALID_CONFIG for an invalid registry list. */
   constructor(opts: ResolverOptions = {}) {
+    this.#egress = new EgressPolicy({
+      allowedRegistries: opts.allowedRegistries ?? [PUBLIC_REGISTRIES],
+      plainHttp: opts.plainHttpRegistries ?? [],
+      ...(opts.resolve ? { resolve: opts.resolve } : {}),
+    });
     this.#opts = {
       requestsPerSecond: opts.requestsPerSecond ?? 20,
       burst: opts.burst ?? 40,
@@ -79,14 +103,20 @@ export class Resolver {
       cacheSize: opts.cacheSize ?? 2_000,
     };
     this.#factory =
-      opts.clientFactory ?? ((credentials) => new RegistryClient(credentials ? { credentials } : {}));
+      opts.clientFactory ??
+      ((credentials, egress) => new RegistryClient(credentials ? { credentials, egress } : { egress }));
+  }
+
+  /** The egress policy every registry request of the operator obeys. */
+  get egress(): EgressPolicy {
+    return this.#egress;
   }
 
   #client(creds: Credentials | undefined): RegistryClient {
     const key = creds?.fingerprint ?? '';
     let c = this.#clients.get(key);
     if (!c) {
-      c = this.#factory(creds?.provider);
+      c = this.#factory(creds?.provider, this.#egress);
       this.#clients.set(key, c);
       // A handful of distinct secret sets is normal; bound it anyway.
       if (this.#clients.size > 64) {
@@ -128,7 +158,9 @@ export class Resolver {
   /**
    * Resolves a tag to the digest it names now (HEAD, `Docker-Content-Digest`). Errors are
    * the registry client's PrewarmErrors (PW_ERR_MANIFEST_UNKNOWN for a missing tag,
-   * PW_ERR_AUTH_DENIED, retryable PW_ERR_NETWORK / PW_ERR_REGISTRY).
+   * PW_ERR_AUTH_DENIED, retryable PW_ERR_NETWORK / PW_ERR_REGISTRY), and
+   * PW_ERR_EGRESS_DENIED (never retryable) for a registry the egress policy does not allow,
+   * before any request or budget is spent.
    */
   async resolveTag(
     repository: string,
@@ -137,6 +169,7 @@ export class Resolver {
     signal?: AbortSignal,
   ): Promise<{ digest: Digest; mediaType?: string }> {
     const ref = Resolver.reference(repository, { tag });
+    this.#egress.assertRegistry(ref.registry);
     await this.#budget(ref.registry, signal);
     const got = await this.#client(creds).resolve(ref, signal);
     return { digest: got.digest, ...(got.mediaType ? { mediaType: got.mediaType } : {}) };
@@ -160,6 +193,7 @@ export class Resolver {
     const hit = this.#descriptions.get(cacheKey);
     if (hit) return hit;
     const ref = Resolver.reference(repository, { digest });
+    this.#egress.assertRegistry(ref.registry);
     const client = this.#client(creds);
     await this.#budget(ref.registry, signal);
     const top = await client.fetchManifest(ref, digest, signal);
