@@ -24,6 +24,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { BlobFetcher } from '../../agent/src/fetch/blob-fetcher.js';
 import { ImageWarmer } from '../../agent/src/fetch/image-warmer.js';
 import { Mirror } from '../../agent/src/mirror/mirror.js';
@@ -44,10 +45,12 @@ import {
   pushImage,
   type RegistryHandle,
   registryFetch,
+  spawnProcess,
   startFaultProxy,
   startRegistry,
   startTokenServer,
   type TokenServerHandle,
+  waitForHttp,
 } from '../harness/index.js';
 import { startAgent, startTestRedis } from './daemon-fixtures.js';
 
@@ -204,6 +207,51 @@ describe('upstreams the mirror may contact', () => {
     const a = await get(`${mirror.url}/v2/sec/public/manifests/v1?ns=${proxy.host}`, ACCEPT);
     assert.equal(a.status, 200);
     assert.equal(a.headers.get('docker-content-digest'), img.digest);
+  });
+
+  test('kube-prewarm serve: public registries only by default; --plain-http hosts are allowed', async () => {
+    const svc = await internalServer('127.0.0.1', (_q, r) => r.end('{"internal":"admin api"}'));
+    const img = await pushImage(proxy, {
+      repository: 'sec/serve',
+      tag: 'v1',
+      layers: [{ randomBytes: 10_000, seed: 3 }],
+    });
+    const dir = await makeTempDir('serve-sec', cleanup);
+    const main = fileURLToPath(new URL('../../agent/src/cli/main.ts', import.meta.url));
+    const port = await freePort();
+    const serve = await spawnProcess({
+      name: 'kube-prewarm serve',
+      command: process.execPath,
+      args: [
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        `const { main } = await import(${JSON.stringify(main)}); process.exitCode = await main(process.argv.slice(1));`,
+        'serve',
+        '--store',
+        join(dir, 'store'),
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--plain-http',
+        proxy.host,
+        '--no-fsync',
+      ],
+      logPath: join(dir, 'serve.log'),
+      cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    });
+    cleanup.defer(async () => {
+      await serve.stop();
+    });
+    const base = `http://127.0.0.1:${port}`;
+    await waitForHttp(`${base}/v2/`, { process: serve, ready: (s) => s === 200 });
+    const refused = await get(`${base}/v2/x/manifests/latest?ns=${svc.host}`, ACCEPT);
+    assert.equal(refused.status, 404);
+    assert.equal(ociCode(refused), 'NAME_UNKNOWN');
+    assert.deepEqual(svc.hits, []);
+    const ok = await get(`${base}/v2/sec/serve/manifests/v1?ns=${proxy.host}`, ACCEPT);
+    assert.equal(ok.status, 200);
+    assert.equal(ok.headers.get('docker-content-digest'), img.digest);
   });
 
   test("an upstream's error text and address never reach the client", async () => {

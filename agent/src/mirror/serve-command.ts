@@ -19,8 +19,9 @@ export const SERVE_USAGE = `serve options (kube-prewarm serve --store <dir> --li
   --deadline <dur>           Time to start an answer before 503 (default 5s)
   --stall-timeout <dur>      Cut a streaming body whose download stalls this long (default 30s)
   --upstreams <hosts>        Registries the mirror may contact: hosts (host, host:port) and
-                             _default = any public registry (default _default; loopback,
-                             private and link-local hosts only when listed; * = anything)
+                             _default = any public registry (default: _default and the
+                             --plain-http hosts; loopback, private and link-local hosts
+                             only when listed; * = anything)
   --default-registry <host>  Upstream for requests without ?ns= (default: none, store only)
   --platform <os/arch[/v]>   Platform whose image records answer tags (default: this host's)
   --plain-http <hosts>       Registry hosts spoken to over HTTP (loopback ones listed in
@@ -69,14 +70,15 @@ export async function serveCommand(argv: string[]): Promise<number> {
         ErrorCodes.INVALID_CONFIG,
         '--docker-config: the mirror forwards each client its own credentials and uses none of its own',
       );
-    const upstreams = (values.upstreams ?? '_default')
-      .split(',')
-      .map((h) => h.trim())
-      .filter(Boolean);
-    const plainHttp = (values['plain-http'] ?? '')
-      .split(',')
-      .map((h) => h.trim())
-      .filter(Boolean);
+    const list = (v: string) =>
+      v
+        .split(',')
+        .map((h) => h.trim())
+        .filter(Boolean);
+    const plainHttp = list(values['plain-http'] ?? '');
+    // Hosts named with --plain-http are registries configured on the command line: reachable
+    // by default; with an explicit --upstreams they must be in it.
+    const upstreams = values.upstreams === undefined ? ['_default', ...plainHttp] : list(values.upstreams);
     let egress: EgressPolicy;
     try {
       egress = upstreams.includes('*')
@@ -88,6 +90,12 @@ export async function serveCommand(argv: string[]): Promise<number> {
         `--upstreams/--plain-http: ${(err as Error).message}`,
       );
     }
+    const outside = plainHttp.filter((h) => !egress.allowsRegistry(h));
+    if (outside.length > 0)
+      throw new PrewarmError(
+        ErrorCodes.INVALID_CONFIG,
+        `--plain-http: not in --upstreams: ${outside.join(', ')}`,
+      );
     // Few retries: a mirror that waits on a sick upstream holds up the pull it should speed up.
     client = new RegistryClient({ egress, retry: { attempts: 2, maxDelayMs: 500 } });
     const store = await openStoreFromFlags(values);
