@@ -52,7 +52,7 @@ import {
   type TokenServerHandle,
   waitForHttp,
 } from '../harness/index.js';
-import { startAgent, startTestRedis } from './daemon-fixtures.js';
+import { enqueue, startAgent, startTestRedis, waitForJobEnd } from './daemon-fixtures.js';
 
 const MiB = 1024 * 1024;
 const amd64 = { os: 'linux', architecture: 'amd64' };
@@ -491,5 +491,47 @@ describe('the agent with node-wide credentials', () => {
     });
     assert.equal(ok.status, 200);
     assert.equal(sha(ok.body), layer.digest);
+  });
+});
+
+describe("the agent's prewarm jobs", () => {
+  test('a job naming a registry that is not allowed fails permanently; nothing is sent there', async () => {
+    const { proxy } = await proxied();
+    const img = await pushImage(proxy, {
+      repository: 'jobs/app',
+      tag: 'v1',
+      layers: [{ randomBytes: 20_000, seed: 41 }],
+    });
+    const svc = await internalServer('127.0.0.1', (_q, r) => r.end('{"internal":"admin api"}'));
+    const { redis, conn } = await startTestRedis(cleanup);
+    await startAgent(cleanup, {
+      node: 'sec-jobs',
+      redisUrl: redis.url,
+      extra: { KUBE_PREWARM_ALLOWED_REGISTRIES: proxy.host },
+    });
+    const refused = await enqueue(
+      conn,
+      { node: 'sec-jobs', repository: `${svc.host}/jobs/app`, tag: 'v1', digest: img.digest },
+      { attempts: 3 },
+    );
+    const r = await waitForJobEnd(conn, 'sec-jobs', refused);
+    assert.equal(r.state, 'failed');
+    assert.match(r.failedReason ?? '', /^PW_ERR_EGRESS_DENIED: /);
+    assert.equal(r.attemptsMade, 1, 'permanent: not retried');
+    assert.deepEqual(svc.hits, []);
+    // Control: the allowed registry's job completes (another image: job ids derive from the digest).
+    const allowed = await pushImage(proxy, {
+      repository: 'jobs/allowed',
+      tag: 'v1',
+      layers: [{ randomBytes: 20_000, seed: 42 }],
+    });
+    const ok = await enqueue(conn, {
+      node: 'sec-jobs',
+      repository: `${proxy.host}/jobs/allowed`,
+      tag: 'v1',
+      digest: allowed.digest,
+    });
+    const done = await waitForJobEnd(conn, 'sec-jobs', ok);
+    assert.equal(done.state, 'completed', done.failedReason);
   });
 });
