@@ -15,7 +15,9 @@
  *   for an anonymous client;
  * - a blob known only under one repository, asked under another → 404 BLOB_UNKNOWN;
  * - a blob redirect to another loopback host → refused, that host sees no request;
- * - an upstream's error text and address never appear in the mirror's answers.
+ * - an upstream's error text and address never appear in the mirror's answers;
+ * - `kube-prewarm serve` (a real process) refuses loopback upstreams it was not given;
+ * - a prewarm job naming a registry that is not allowed fails permanently, sending nothing.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
