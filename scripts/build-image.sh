@@ -261,6 +261,7 @@ compile() {
     find $trees -type f -print0 | sort -z | xargs -0 sha256sum; echo "$STAGING_FORMAT"; } |
     sha256sum | cut -c1-24)
   DIST=$CACHE/dist/$key/dist
+  SOURCES_KEY=$key
   if [ "$nocache" = 1 ] || [ ! -f "$CACHE/dist/$key/.complete" ]; then
     [ -x "$REPO/node_modules/.bin/tsc" ] || die "no node_modules/.bin/tsc: run npm ci (bash scripts/deps.sh)"
     log "tsc -p tsconfig.build.json (the working tree's $trees)"
@@ -389,9 +390,9 @@ config_json() { # <arch>
   labels=$(jq -n -c --arg src "$IMAGE_SOURCE" --arg v "$version" --arg r "$revision" --arg c "$created" \
     --arg t "$image" --arg d "$description" --arg l "$licenses" \
     '{"org.opencontainers.image.source": $src, "org.opencontainers.image.version": $v,
-      "org.opencontainers.image.revision": $r, "org.opencontainers.image.created": $c,
-      "org.opencontainers.image.title": $t, "org.opencontainers.image.description": $d,
-      "org.opencontainers.image.licenses": $l}')
+      "org.opencontainers.image.created": $c, "org.opencontainers.image.title": $t,
+      "org.opencontainers.image.description": $d, "org.opencontainers.image.licenses": $l}
+     + (if $r == "" then {} else {"org.opencontainers.image.revision": $r} end)')
   if [ "$image" = kube-prewarm ]; then
     env='["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","NODE_ENV=production","SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"]'
     entrypoint='["kube-prewarm"]' cmd='["--help"]' user=65532:65532 workdir=/app
@@ -445,6 +446,15 @@ if [ "$image" = redis ]; then
   rver=$(dpkg-deb -f "$(readlink -f "$WORK/debs-${built[0]}"/redis-server_*.deb)" Version)
   version=$rver
   [ -n "$tag" ] || { tag=${rver#*:}; tag=${tag%%-*}; }
+  # Nothing of this repository is in the Redis image: its time is the newest file of the
+  # Redis package (unless SOURCE_DATE_EPOCH says otherwise), and it has no revision label.
+  if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    mkdir -p "$WORK/redis-tools"
+    dpkg-deb -x "$(readlink -f "$WORK/debs-${built[0]}"/redis-tools_*.deb)" "$WORK/redis-tools"
+    epoch=$(find "$WORK/redis-tools" -type f -printf '%T@\n' | sort -n | tail -1 | cut -d. -f1)
+    created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
+  fi
+  revision=
 else
   [ -n "$tag" ] || tag=$version
   compile
@@ -494,11 +504,11 @@ jq -n -c -j --argjson m "[$(IFS=,; echo "${refs[*]}")]" '{schemaVersion: 2, mani
 
 # A summary for people and tests, beside the layout's own files.
 jq -n --arg image "$image" --arg tag "$tag" --arg version "$version" --arg created "$created" \
-  --arg revision "$revision" --arg digest "$index_digest" \
+  --arg revision "$revision" --arg digest "$index_digest" --arg sources "${SOURCES_KEY:-}" \
   --argjson manifests "[$(IFS=,; echo "${manifests[*]}")]" \
   --argjson layers "[$(IFS=,; echo "${summary_layers[*]}")]" \
   '{image: $image, tag: $tag, version: $version, created: $created, revision: $revision,
-    index: $digest, manifests: $manifests, layers: $layers}' >"$out/build.json"
+    sources: $sources, index: $digest, manifests: $manifests, layers: $layers}' >"$out/build.json"
 
 # Old cached layers: an app layer per code change; drop what no build used for 30 days.
 find "$OCI_LAYER_CACHE" -name '*.tar.gz' -mtime +30 -delete 2>/dev/null || true

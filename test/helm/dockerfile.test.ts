@@ -3,12 +3,16 @@
  * facts it relies on against the repository: it copies every source tree the build
  * compiles, the entrypoint it links resolves to a compiled module, the runtime assets
  * next to the sources are the ones the code loads, and every subcommand the chart runs
- * is one the `kube-prewarm` command knows.
+ * is one the `kube-prewarm` command knows. And that it makes the image
+ * scripts/build-image.sh makes (built and run in test/image/image.test.ts): the same Node
+ * version, the same four layers staged by the same scripts/image/stage.sh commands, the
+ * same npm flags, user, entrypoint and environment.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { promisify } from 'node:util';
@@ -31,10 +35,11 @@ describe('Dockerfile', () => {
       );
     assert.ok(copies.some(([src]) => src === 'bin'));
     assert.match(dockerfile, /^RUN npm ci --ignore-scripts$/m);
-    assert.match(dockerfile, /ln -s \/app\/bin\/kube-prewarm\.js \/usr\/local\/bin\/kube-prewarm/);
+    // The node layer (stage.sh node) links the command to the entrypoint script.
+    const stage = await readFile(join(REPO_ROOT, 'scripts/image/stage.sh'), 'utf8');
+    assert.match(stage, /ln -sfn \/app\/bin\/kube-prewarm\.js "\$out\/usr\/local\/bin\/kube-prewarm"/);
     assert.match(dockerfile, /^ENTRYPOINT \["kube-prewarm"\]$/m);
-    assert.match(dockerfile, /^FROM \$\{NODE_IMAGE\}$/m);
-    assert.match(dockerfile, /^ARG NODE_IMAGE=node:22-bookworm-slim$/m);
+    assert.match(dockerfile, /^FROM \$\{NODE_IMAGE\} AS build$/m);
 
     // The entrypoint imports ../dist/<path>.js (dynamically): the build must produce each from <path>.ts.
     const bin = await readFile(join(REPO_ROOT, 'bin', 'kube-prewarm.js'), 'utf8');
@@ -50,14 +55,68 @@ describe('Dockerfile', () => {
   });
 
   test('the runtime assets the code loads from the source tree exist and are not TypeScript', async () => {
-    // cri-image-service.ts loads cri.proto from the source tree when run from dist/; the
-    // Dockerfile copies every non-.ts file under the src trees into the image.
+    // cri-image-service.ts loads cri.proto from the source tree when run from dist/;
+    // `stage.sh app` (the Dockerfile's and build-image.sh's app layer) copies every non-.ts
+    // file under the compiled trees: run it on this checkout's dist/.
     assert.ok(existsSync(join(REPO_ROOT, 'agent/src/runtime/cri.proto')));
+    const out = await mkdtemp(join(tmpdir(), 'stage-app-'));
+    try {
+      const dist = join(out, 'dist');
+      await mkdir(join(dist, 'agent/src/cli'), { recursive: true });
+      await writeFile(join(dist, 'agent/src/cli/main.js'), '');
+      await execFileP('bash', ['scripts/image/stage.sh', 'app', join(out, 'layer'), REPO_ROOT, dist], {
+        cwd: REPO_ROOT,
+      });
+      for (const p of [
+        'agent/src/runtime/cri.proto',
+        'agent/src/daemon/containerd-events.proto',
+        'package.json',
+        'bin/kube-prewarm.js',
+        'dist/agent/src/cli/main.js',
+      ])
+        assert.ok(existsSync(join(out, 'layer/app', p)), `stage.sh app did not stage ${p}`);
+      assert.ok(!existsSync(join(out, 'layer/app/agent/src/cli/main.ts')), 'TypeScript sources staged');
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
+  });
+
+  test('builds what scripts/build-image.sh builds: Node version, layers, npm flags, user, entrypoint', async () => {
     const dockerfile = await readFile(join(REPO_ROOT, 'Dockerfile'), 'utf8');
+    const script = await readFile(join(REPO_ROOT, 'scripts/build-image.sh'), 'utf8');
+    const nodeVersion = /^NODE_VERSION=(\d+\.\d+\.\d+)$/m.exec(script)?.[1];
+    assert.ok(nodeVersion, 'build-image.sh pins NODE_VERSION');
+    assert.match(nodeVersion, /^24\./, 'Node 24 LTS');
+    assert.equal(/^ARG NODE_IMAGE=(\S+)$/m.exec(dockerfile)?.[1], `node:${nodeVersion}-bookworm-slim`);
+    // The same stage.sh commands make the layers, copied into an empty image in the order
+    // build-image.sh writes them: base, node, node_modules, app.
+    assert.match(dockerfile, /bash \/stage\.sh rootfs kube-prewarm \/layers\/base \/debs$/m);
     assert.match(
       dockerfile,
-      /find oci\/src agent\/src operator\/src -type f ! -name '\*\.ts' -exec cp --parents/,
+      /apt-get download \$\(bash \/stage\.sh packages kube-prewarm \| cut -d'\|' -f1\)/,
     );
+    assert.match(dockerfile, /bash scripts\/image\/stage\.sh app \/layers\/app \/src \/src\/dist/);
+    assert.match(dockerfile, /bash scripts\/image\/stage\.sh node \/layers\/node \/usr\/local\/bin\/node$/m);
+    assert.match(script, /"\$STAGE" rootfs "\$image"/);
+    assert.match(script, /"\$STAGE" node /);
+    assert.match(script, /"\$STAGE" app /);
+    const runtime = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
+    assert.match(runtime, /^FROM scratch$/m);
+    assert.deepEqual(
+      [...runtime.matchAll(/^COPY --from=(\S+) (\S+) (\S+)$/gm)].map((m) => `${m[1]} ${m[2]} ${m[3]}`),
+      ['base /layers/base/ /', 'build /layers/node/ /', 'deps /layers/deps/ /', 'build /layers/app/ /'],
+    );
+    assert.match(dockerfile, /^WORKDIR \/layers\/deps\/app$/m);
+    const { stdout: flags } = await execFileP('bash', ['scripts/image/stage.sh', 'npm-ci-flags'], {
+      cwd: REPO_ROOT,
+    });
+    assert.match(dockerfile, new RegExp(`npm ci ${flags.trim().replace(/[-]/g, '\\-')} \\\\$`, 'm'));
+    assert.match(script, /npm ci \$NPM_CI_FLAGS /);
+    assert.match(runtime, /^USER 65532:65532$/m);
+    assert.match(runtime, /^CMD \["--help"\]$/m);
+    assert.match(runtime, /NODE_ENV=production/);
+    assert.match(script, /entrypoint='\["kube-prewarm"\]' cmd='\["--help"\]' user=65532:65532 workdir=\/app/);
+    assert.match(runtime, /^WORKDIR \/app$/m);
   });
 
   const usage = async (): Promise<string> => {
