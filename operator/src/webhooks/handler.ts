@@ -431,18 +431,9 @@ export function createWebhookHandler(deps: WebhookDeps, options: WebhookOptions)
       res.destroy();
       return;
     }
-    // Unread request bytes would be parsed as the next request on a kept-alive connection.
     const bodyUnread = !req.readableEnded;
-    sendJson(
-      res,
-      werr.status,
-      { error: { code: werr.code, message: werr.message, source } },
-      {
-        ...werr.headers,
-        ...(bodyUnread ? { Connection: 'close' } : {}),
-      },
-    );
-    if (bodyUnread) req.resume();
+    sendJson(res, werr.status, { error: { code: werr.code, message: werr.message, source } }, werr.headers);
+    if (bodyUnread) drainBriefly(req);
   };
 
   return {
@@ -516,6 +507,32 @@ const SOURCE_OPTION_KEYS: Record<keyof WebhookSourcesOptions, readonly string[]>
 function bodyReservation(req: IncomingMessage, limit: number): number {
   const announced = Number(headerValue(req.headers, 'content-length'));
   return Number.isInteger(announced) && announced >= 0 && announced <= limit ? announced : limit;
+}
+
+/** How long, and how much, of a refused request's body is read (and discarded) before closing. */
+const LINGER_MS = 1000;
+const LINGER_BYTES = 64 * 1024;
+
+/**
+ * A refused sender may still be writing the body we did not read. Closing at once would
+ * answer its remaining bytes with a TCP reset, which can destroy our answer before it reads
+ * it (a registry would see a connection error instead of the 401 or 503 + Retry-After); so
+ * the rest is read and discarded, never buffered, for a moment. A body that ends in time
+ * leaves the connection usable (Node's parser keeps the framing); one that does not, or that
+ * keeps coming past LINGER_BYTES, gets the connection closed.
+ */
+function drainBriefly(req: IncomingMessage): void {
+  const socket = req.socket;
+  let drained = 0;
+  const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+  timer.unref();
+  req.on('data', (chunk: Buffer) => {
+    drained += chunk.byteLength;
+    if (drained > LINGER_BYTES) socket.destroy();
+  });
+  req.once('end', () => clearTimeout(timer));
+  socket.once('close', () => clearTimeout(timer));
+  req.resume();
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {

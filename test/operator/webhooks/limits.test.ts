@@ -25,7 +25,11 @@ const AUDIENCE = 'https://prewarm.example/webhooks/gcr';
 const SA = 'push@acme.iam.gserviceaccount.com';
 const SNS_PEM_PLACEHOLDER_FREE = { topicArns: [TOPIC], certificateFetch: { allowedHosts: ['sns.invalid'] } };
 
-/** Opens a connection and writes `head` (no body); resolves with everything answered until close or `waitMs`. */
+/**
+ * Opens a connection and writes `head` (no body); resolves with the answer once it is
+ * complete (by its Content-Length), or with whatever arrived when the server closes or
+ * `waitMs` passes.
+ */
 function headOnly(port: number, head: string, waitMs = 30_000): Promise<string> {
   return new Promise((resolve) => {
     const sock = connect({ host: '127.0.0.1', port });
@@ -33,6 +37,9 @@ function headOnly(port: number, head: string, waitMs = 30_000): Promise<string> 
     const timer = setTimeout(() => sock.destroy(), waitMs);
     sock.on('data', (d: Buffer) => {
       text += d.toString('utf8');
+      const end = text.indexOf('\r\n\r\n');
+      const len = /\r\ncontent-length: (\d+)\r\n/i.exec(text);
+      if (end >= 0 && len && Buffer.byteLength(text) >= end + 4 + Number(len[1])) sock.destroy();
     });
     sock.on('error', () => {});
     sock.on('close', () => {

@@ -36,6 +36,7 @@ const CHUNK_EVERY_MS = 100;
 const PER_CONNECTION_OVERHEAD = 64 * 1024;
 const SLACK = 64 * MiB;
 const TOPIC = 'arn:aws:sns:eu-west-1:210987654321:ecr-pushes';
+const CHART_NODE_OPTIONS = '--max-old-space-size=96';
 
 function procStatus(pid: number): { rss: number; hwm: number } {
   const text = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -153,6 +154,8 @@ describe('the receiver under 400 slow unauthenticated senders', () => {
           acr: { secrets: ['acr-secret-0123456789abcdef'] },
         },
       },
+      // As the chart runs it (webhooks.receiver.nodeOptions).
+      nodeFlags: [CHART_NODE_OPTIONS],
       env: {
         KUBE_PREWARM_LOG_LEVEL: 'info',
         KUBE_PREWARM_WEBHOOKS_MAX_CONNECTIONS: String(MAX_CONNECTIONS),
