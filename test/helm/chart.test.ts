@@ -274,12 +274,25 @@ describe('default values', () => {
     const store = hostPathOf(cfg.storePath);
     assert.equal(store.volume.hostPath?.path, '/var/lib/kube-prewarm');
     assert.equal(store.volume.hostPath?.type, 'DirectoryOrCreate');
-    const sock = hostPathOf(cfg.containerdSocket);
-    assert.equal(sock.mount, cfg.containerdSocket);
-    assert.deepEqual(sock.volume.hostPath, { path: '/run/containerd/containerd.sock', type: 'Socket' });
-    const certs = hostPathOf('/etc/containerd/certs.d/docker.io/hosts.toml');
-    assert.deepEqual(certs.volume.hostPath, { path: '/etc/containerd/certs.d', type: 'DirectoryOrCreate' });
+    // Least privilege by default: cache mode needs no containerd socket, and only the
+    // hosts-toml container (test/helm/hosts-toml.test.ts) has containerd's certs.d.
+    assert.equal(cfg.containerdSocket, '', 'no containerd socket without agent.unpack.enabled');
+    assert.ok(
+      ![...mounts.keys()].some((m) => m.startsWith('/etc/containerd') || m.startsWith('/run/containerd')),
+      `agent mounts: ${[...mounts.keys()].join(', ')}`,
+    );
     assert.ok(hostPathOf('/tmp/x').volume, 'a writable /tmp next to the read-only root');
+    assert.equal(cfg.mirrorHost, '127.0.0.1', 'the mirror is node-private');
+
+    const unpack = await render({ agent: { unpack: { enabled: true } } });
+    const uc = container(one(unpack, 'DaemonSet', '-agent'), 'agent');
+    const ucfg = loadAgentConfig(agentEnv(unpack));
+    const sockMount = uc.volumeMounts.find((m: { mountPath: string }) => m.mountPath === ucfg.containerdSocket);
+    assert.ok(sockMount, 'unpack mode mounts the socket where the agent looks for it');
+    const sockVol = one(unpack, 'DaemonSet', '-agent').spec.template.spec.volumes.find(
+      (v: { name: string }) => v.name === sockMount.name,
+    );
+    assert.deepEqual(sockVol.hostPath, { path: '/run/containerd/containerd.sock', type: 'Socket' });
 
     const ports = new Map(
       c.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]),

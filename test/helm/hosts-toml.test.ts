@@ -1,68 +1,74 @@
 /**
- * The chart's hosts.toml installer (helm/kube-prewarm/files/hosts-toml.sh, run by the
- * agent container's postStart/preStop hooks), taken from the rendered ConfigMap and run
- * with the command lines the rendered DaemonSet gives it:
- * - file contents, idempotence, other owners' and hand-written files left alone, stale
- *   entries removed, invalid hosts refused;
+ * The chart's `hosts-toml` container (`kube-prewarm hosts-toml run`, beside the agent in the
+ * DaemonSet), run as a real process with exactly the arguments the rendered chart gives it:
+ * - it writes nothing until the mirror answers, then one hosts.toml per registry (mirror
+ *   first, the upstream as `server`), moves a foreign file aside and restores it on stop,
+ *   takes its files away while the mirror is down and brings them back, removes stale files
+ *   of ours, and refuses invalid hosts;
+ * - only that container mounts containerd's certs.d; the agent mounts neither certs.d nor
+ *   (unless unpack mode is enabled) the containerd socket;
  * - with a real containerd: an image pulled through the files lands in the node-local
- *   mirror (`kube-prewarm serve`), a second pull works with the registry stopped (served
- *   by the mirror alone), and after `uninstall` containerd no longer uses the mirror.
+ *   mirror (`kube-prewarm serve`), a second pull works with the registry stopped, and after
+ *   the container stops containerd no longer uses the mirror.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { promisify } from 'node:util';
 import { type ContainerdHandle, startContainerd } from '../harness/containerd.js';
 import { pushImage } from '../harness/images.js';
 import { REPO_ROOT } from '../harness/kube.js';
-import { type ManagedProcess, spawnProcess, waitForHttp } from '../harness/process.js';
+import { type ManagedProcess, spawnProcess, waitForHttp, waitUntil } from '../harness/process.js';
 import { type RegistryHandle, startRegistry } from '../harness/registry.js';
 import { Cleanup, freePort, makeTempDir } from '../harness/tmp.js';
-import { type K8sObject, NAMESPACE, one, RELEASE, render } from './render.js';
+import { type K8sObject, one, render } from './render.js';
 
-const execFileP = promisify(execFile);
 const CERTS_IN_POD = '/etc/containerd/certs.d';
+const MARKER = '# kube-prewarm-managed: v1';
 
-interface Hooks {
-  script: string;
-  /** postStart command, after `sh <script>`. */
-  install: string[];
-  /** preStop command, after `sh <script>`. */
-  uninstall: string[];
+/** The rendered `hosts-toml` container's args, with the in-pod certs.d replaced by `certsDir`. */
+async function containerArgs(values: unknown, certsDir: string): Promise<string[]> {
+  const ds: K8sObject = one(await render(values), 'DaemonSet', '-agent');
+  const c = ds.spec.template.spec.containers.find((x: { name: string }) => x.name === 'hosts-toml');
+  assert.ok(c, 'the DaemonSet has a hosts-toml container');
+  assert.deepEqual(c.args.slice(0, 2), ['hosts-toml', 'run']);
+  return (c.args as string[]).map((a) => a.replace(`--certs-dir=${CERTS_IN_POD}`, `--certs-dir=${certsDir}`));
 }
 
-/** The installer script and the exact hook commands of a rendered chart. */
-async function hooksOf(values: unknown, dir: string): Promise<Hooks> {
-  const objs = await render(values);
-  const cm = one(objs, 'ConfigMap', '-agent-hosts');
-  const ds: K8sObject = one(objs, 'DaemonSet', '-agent');
-  const c = ds.spec.template.spec.containers[0];
-  const post: string[] = c.lifecycle.postStart.exec.command;
-  const pre: string[] = c.lifecycle.preStop.exec.command;
-  assert.equal(post[0], 'sh');
-  assert.equal(pre[0], 'sh');
-  // The script path is the ConfigMap mounted into the container.
-  const mount = c.volumeMounts.find((m: { mountPath: string }) => post[1]!.startsWith(`${m.mountPath}/`));
-  const vol = ds.spec.template.spec.volumes.find((v: { name: string }) => v.name === mount?.name);
-  assert.equal(vol?.configMap?.name, cm.metadata.name);
-  const script = join(dir, 'hosts-toml.sh');
-  await writeFile(script, cm.data['hosts-toml.sh']);
-  return { script, install: post.slice(2), uninstall: pre.slice(2) };
+/** Starts the container's process from the sources (a short health interval for the test). */
+function startHostsToml(args: string[], dir: string, name: string): Promise<ManagedProcess> {
+  return spawnProcess({
+    name: `hosts-toml ${name}`,
+    command: process.execPath,
+    args: ['--import', 'tsx', 'agent/src/cli/run.ts', ...args, '--interval=200ms', '--failures=2'],
+    cwd: REPO_ROOT,
+    logPath: join(dir, `hosts-toml-${name}.log`),
+  });
 }
 
-/** Runs the script with `args`, the in-pod certs.d path replaced by `certsDir`. */
-async function run(h: Hooks, args: string[], certsDir: string): Promise<{ stderr: string }> {
-  const mapped = args.map((a) => (a === CERTS_IN_POD ? certsDir : a));
-  const { stderr } = await execFileP('sh', [h.script, ...mapped]);
-  return { stderr };
+/** `kube-prewarm serve` on a free port: the mirror the container checks. */
+async function startMirror(dir: string, port: number, upstreams = '_default'): Promise<ManagedProcess> {
+  const p = await spawnProcess({
+    name: 'kube-prewarm serve',
+    command: process.execPath,
+    args: ['--import', 'tsx', 'agent/src/cli/run.ts', 'serve', '--store', join(dir, 'store')].concat([
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--no-fsync',
+      '--upstreams',
+      upstreams,
+    ]),
+    cwd: REPO_ROOT,
+    logPath: join(dir, 'mirror.log'),
+  });
+  await waitForHttp(`http://127.0.0.1:${port}/v2/`, { process: p, timeoutMs: 60_000 });
+  return p;
 }
 
 async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
-  for (const d of await readdir(dir, { withFileTypes: true })) {
+  for (const d of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
     const p = join(dir, d.name);
     if (d.isDirectory()) for (const f of await listFiles(p)) out.push(join(d.name, f));
     else out.push(d.name);
@@ -70,50 +76,77 @@ async function listFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-describe('hosts.toml installer', () => {
+async function waitForFiles(certs: string, want: string[], proc: ManagedProcess): Promise<void> {
+  let seen: string[] = [];
+  await waitUntil(
+    `hosts.toml files ${JSON.stringify(want)}`,
+    async () => {
+      seen = await listFiles(certs);
+      if (JSON.stringify(seen) !== JSON.stringify(want))
+        throw new Error(`files now: ${JSON.stringify(seen)}`);
+      return true;
+    },
+    { process: proc, timeoutMs: 60_000, intervalMs: 100 },
+  );
+}
+
+describe('the hosts-toml container', () => {
   const cleanup = new Cleanup();
   let dir: string;
+  let port: number;
+  let mirror: ManagedProcess | undefined;
   after(() => cleanup.run());
   before(async () => {
     dir = await makeTempDir('hosts-toml', cleanup);
+    port = await freePort();
+    cleanup.defer(async () => {
+      await mirror?.stop();
+    });
+  });
+  const values = (registries: string[], extra: Record<string, unknown> = {}) => ({
+    registries: { plainHttp: ['insecure.local'] },
+    agent: { mirror: { port, hostsToml: { registries } } },
+    ...extra,
   });
 
-  test('writes one hosts.toml per registry: mirror first, the upstream as server', async () => {
-    const h = await hooksOf(
-      {
-        agent: {
-          mirror: {
-            port: 5050,
-            hostsToml: {
-              registries: ['docker.io', 'registry.example.com:5000', 'insecure.local', '_default'],
-            },
-          },
-          plainHttpRegistries: ['insecure.local'],
-        },
-      },
-      dir,
-    );
+  test('waits for the mirror, writes one file per registry, restores a foreign file on stop', async () => {
     const certs = join(dir, 'a');
-    await run(h, h.install, certs);
-    assert.deepEqual(await listFiles(certs), [
-      '_default/hosts.toml',
-      'docker.io/hosts.toml',
-      'insecure.local/hosts.toml',
-      'registry.example.com:5000/hosts.toml',
-    ]);
-    const docker = await readFile(join(certs, 'docker.io/hosts.toml'), 'utf8');
-    assert.equal(
-      docker,
-      [
-        `# managed-by: kube-prewarm (${NAMESPACE}/${RELEASE})`,
-        '# The node-local kube-prewarm mirror first; the upstream when it fails.',
-        'server = "https://registry-1.docker.io"',
-        '',
-        '[host."http://127.0.0.1:5050"]',
-        '  capabilities = ["pull", "resolve"]',
-        '',
-      ].join('\n'),
+    await mkdir(join(certs, 'ghcr.io'), { recursive: true });
+    const handWritten =
+      'server = "https://ghcr.io"\n[host."https://corp-mirror.example"]\n  capabilities = ["pull"]\n';
+    await writeFile(join(certs, 'ghcr.io/hosts.toml'), handWritten);
+    const args = await containerArgs(
+      values(['docker.io', 'registry.example.com:5000', 'insecure.local', 'ghcr.io', '_default']),
+      certs,
     );
+    const proc = await startHostsToml(args, dir, 'a');
+    cleanup.defer(async () => {
+      await proc.stop();
+    });
+    // No mirror yet: containerd must not be sent to a mirror that does not answer.
+    await new Promise((r) => setTimeout(r, 1_500));
+    assert.ok(proc.running, proc.logTail());
+    assert.deepEqual(await listFiles(certs), ['ghcr.io/hosts.toml']);
+    assert.equal(await readFile(join(certs, 'ghcr.io/hosts.toml'), 'utf8'), handWritten);
+
+    mirror = await startMirror(dir, port);
+    await waitForFiles(
+      certs,
+      [
+        '_default/hosts.toml',
+        'docker.io/hosts.toml',
+        'ghcr.io/hosts.toml',
+        'ghcr.io/hosts.toml.kube-prewarm-orig',
+        'insecure.local/hosts.toml',
+        'registry.example.com:5000/hosts.toml',
+      ],
+      proc,
+    );
+    const docker = await readFile(join(certs, 'docker.io/hosts.toml'), 'utf8');
+    assert.ok(docker.startsWith(`${MARKER}\n`), docker);
+    assert.match(docker, /^server = "https:\/\/registry-1\.docker\.io"$/m);
+    assert.match(docker, new RegExp(`^\\[host\\."http://127\\.0\\.0\\.1:${port}"\\]$`, 'm'));
+    assert.match(docker, /^ {2}capabilities = \["pull", "resolve"\]$/m);
     assert.match(
       await readFile(join(certs, 'registry.example.com:5000/hosts.toml'), 'utf8'),
       /^server = "https:\/\/registry\.example\.com:5000"$/m,
@@ -124,73 +157,68 @@ describe('hosts.toml installer', () => {
     );
     const def = await readFile(join(certs, '_default/hosts.toml'), 'utf8');
     assert.doesNotMatch(def, /^server/m, '_default falls back to each registry itself');
-    assert.match(def, /^\[host\."http:\/\/127\.0\.0\.1:5050"\]$/m);
 
-    // Idempotent: the same files again, no temp files left over.
-    await run(h, h.install, certs);
-    assert.equal(await readFile(join(certs, 'docker.io/hosts.toml'), 'utf8'), docker);
-    assert.equal((await listFiles(certs)).length, 4);
+    const status = await proc.stop();
+    assert.equal(status.code, 0, proc.logTail());
+    assert.deepEqual(await listFiles(certs), ['ghcr.io/hosts.toml'], 'only the original remains');
+    assert.equal(await readFile(join(certs, 'ghcr.io/hosts.toml'), 'utf8'), handWritten);
   });
 
-  test('never touches a hosts.toml it did not write; uninstall removes only its own', async () => {
-    const h = await hooksOf(
-      { agent: { mirror: { hostsToml: { registries: ['docker.io', 'ghcr.io', 'quay.io'] } } } },
-      dir,
-    );
+  test('takes its files away while the mirror is down and brings them back; stale files go', async () => {
     const certs = join(dir, 'b');
-    await mkdir(join(certs, 'ghcr.io'), { recursive: true });
-    const handWritten =
-      'server = "https://ghcr.io"\n[host."https://corp-mirror.example"]\n  capabilities = ["pull"]\n';
-    await writeFile(join(certs, 'ghcr.io/hosts.toml'), handWritten);
+    // A file of ours for a registry no longer listed, left by a killed container.
     await mkdir(join(certs, 'quay.io'), { recursive: true });
-    const otherRelease = '# managed-by: kube-prewarm (other/release)\nserver = "https://quay.io"\n';
-    await writeFile(join(certs, 'quay.io/hosts.toml'), otherRelease);
-
-    const { stderr } = await run(h, h.install, certs);
-    assert.match(stderr, /ghcr\.io\/hosts\.toml exists and was not written by kube-prewarm/);
-    assert.equal(await readFile(join(certs, 'ghcr.io/hosts.toml'), 'utf8'), handWritten);
-    assert.equal(await readFile(join(certs, 'quay.io/hosts.toml'), 'utf8'), otherRelease);
-    assert.match(await readFile(join(certs, 'docker.io/hosts.toml'), 'utf8'), /managed-by: kube-prewarm/);
-
-    await run(h, h.uninstall, certs);
-    assert.equal(existsSync(join(certs, 'docker.io')), false, 'our file and its directory are gone');
-    assert.equal(await readFile(join(certs, 'ghcr.io/hosts.toml'), 'utf8'), handWritten);
-    assert.equal(await readFile(join(certs, 'quay.io/hosts.toml'), 'utf8'), otherRelease);
-    await run(h, h.uninstall, certs); // twice is fine (preStop may run on a pod that never started)
+    await writeFile(join(certs, 'quay.io/hosts.toml'), `${MARKER}\nserver = "https://quay.io"\n`);
+    mirror ??= await startMirror(dir, port);
+    const proc = await startHostsToml(await containerArgs(values(['docker.io']), certs), dir, 'b');
+    cleanup.defer(async () => {
+      await proc.stop();
+    });
+    await waitForFiles(certs, ['docker.io/hosts.toml'], proc);
+    await mirror.stop();
+    mirror = undefined;
+    await waitForFiles(certs, [], proc);
+    mirror = await startMirror(dir, port);
+    await waitForFiles(certs, ['docker.io/hosts.toml'], proc);
+    assert.equal((await proc.stop()).code, 0);
+    assert.deepEqual(await listFiles(certs), []);
   });
 
-  test('a registry dropped from the list loses its file on the next install', async () => {
+  test('refuses hosts that would escape the directory', async () => {
     const certs = join(dir, 'c');
-    const before = await hooksOf(
-      { agent: { mirror: { hostsToml: { registries: ['docker.io', 'ghcr.io'] } } } },
-      dir,
+    const args = (await containerArgs(values(['ok.example.com']), certs)).map((a) =>
+      a.startsWith('--registries=') ? '--registries=../escape,ok.example.com' : a,
     );
-    await run(before, before.install, certs);
-    const afterUpgrade = await hooksOf(
-      { agent: { mirror: { hostsToml: { registries: ['docker.io'] } } } },
-      dir,
-    );
-    await run(afterUpgrade, afterUpgrade.install, certs);
-    assert.deepEqual(await listFiles(certs), ['docker.io/hosts.toml']);
+    const proc = await startHostsToml(args, dir, 'c');
+    const status = await proc.exited;
+    assert.equal(status.code, 2, proc.logTail());
+    assert.match(proc.logTail(), /"\.\.\/escape" is not a registry host/);
+    assert.deepEqual(await listFiles(certs), []);
+    assert.equal(existsSync(join(dir, 'escape')), false);
   });
 
-  test('refuses hosts that would escape the directory or glob', async () => {
-    const h = await hooksOf({}, dir);
-    const certs = join(dir, 'd');
-    const args = [...h.install];
-    args[4] = '../escape,*,ok.example.com,a/b';
-    const { stderr } = await run(h, args, certs);
-    assert.match(stderr, /skipping invalid registry host '\.\.\/escape'/);
-    assert.match(stderr, /skipping invalid registry host '\*'/);
-    assert.match(stderr, /skipping invalid registry host 'a\/b'/);
-    assert.deepEqual(await listFiles(certs), ['ok.example.com/hosts.toml']);
-    assert.equal(existsSync(join(dir, 'escape')), false);
+  test('only the hosts-toml container mounts certs.d; the socket only with unpack enabled', async () => {
+    const mounts = (c: K8sObject) => (c.volumeMounts ?? []).map((m: { mountPath: string }) => m.mountPath);
+    const ds = one(await render({}), 'DaemonSet', '-agent');
+    const [agent, hosts] = ['agent', 'hosts-toml'].map((n) =>
+      ds.spec.template.spec.containers.find((c: { name: string }) => c.name === n),
+    );
+    assert.ok(!mounts(agent).includes(CERTS_IN_POD), 'the agent has no certs.d');
+    assert.ok(!mounts(agent).includes('/run/containerd/containerd.sock'), 'no socket in cache mode');
+    assert.deepEqual(mounts(hosts), [CERTS_IN_POD]);
+    assert.equal(agent.lifecycle, undefined, 'no shell hooks');
+    const env = Object.fromEntries(agent.env.map((e: { name: string; value?: string }) => [e.name, e.value]));
+    assert.equal(env.KUBE_PREWARM_CONTAINERD_SOCKET, '');
+    const unpack = one(await render({ agent: { unpack: { enabled: true } } }), 'DaemonSet', '-agent');
+    const ua = unpack.spec.template.spec.containers.find((c: { name: string }) => c.name === 'agent');
+    assert.ok(mounts(ua).includes('/run/containerd/containerd.sock'));
   });
 
   test('the chart refuses the installer without the host network', async () => {
     await assert.rejects(render({ agent: { hostNetwork: false } }), /needs agent\.hostNetwork/);
     const objs = await render({ agent: { hostNetwork: false, mirror: { hostsToml: { install: false } } } });
-    assert.equal(one(objs, 'DaemonSet').spec.template.spec.containers[0].lifecycle, undefined);
+    const names = one(objs, 'DaemonSet').spec.template.spec.containers.map((c: { name: string }) => c.name);
+    assert.deepEqual(names, ['agent']);
   });
 });
 
@@ -198,14 +226,14 @@ describe('hosts.toml with a real containerd and the node-local mirror', () => {
   const cleanup = new Cleanup();
   let registry: RegistryHandle;
   let containerd: ContainerdHandle;
-  let mirror: ManagedProcess;
-  let hooks: Hooks;
+  let hostsToml: ManagedProcess;
   let imageRef: string;
   let digestRef: string;
+  let dir: string;
   after(() => cleanup.run());
 
   before(async () => {
-    const dir = await makeTempDir('hosts-e2e', cleanup);
+    dir = await makeTempDir('hosts-e2e', cleanup);
     registry = await startRegistry();
     cleanup.defer(() => registry.close());
     const pushed = await pushImage(registry, {
@@ -218,40 +246,25 @@ describe('hosts.toml with a real containerd and the node-local mirror', () => {
     });
     imageRef = pushed.ref;
     digestRef = pushed.digestRef;
-
-    const mirrorPort = await freePort();
-    mirror = await spawnProcess({
-      name: 'kube-prewarm serve',
-      command: process.execPath,
-      args: [
-        '--import',
-        'tsx',
-        'agent/src/cli/run.ts',
-        'serve',
-        '--store',
-        join(dir, 'store'),
-        '--listen',
-        `127.0.0.1:${mirrorPort}`,
-        '--no-fsync',
-      ],
-      cwd: REPO_ROOT,
-      logPath: join(dir, 'mirror.log'),
-    });
+    const port = await freePort();
+    const mirror = await startMirror(dir, port, registry.host);
     cleanup.defer(async () => {
       await mirror.stop();
     });
-    await waitForHttp(`http://127.0.0.1:${mirrorPort}/v2/`, { process: mirror, timeoutMs: 30_000 });
-
     containerd = await startContainerd();
     cleanup.defer(() => containerd.close());
-    hooks = await hooksOf(
+    const args = await containerArgs(
       {
-        agent: {
-          mirror: { port: mirrorPort, host: '127.0.0.1', hostsToml: { registries: [registry.host] } },
-        },
+        registries: { allowed: [registry.host] },
+        agent: { mirror: { port, hostsToml: { registries: [registry.host] } } },
       },
-      dir,
+      containerd.certsDir,
     );
+    hostsToml = await startHostsToml(args, dir, 'ctrd');
+    cleanup.defer(async () => {
+      await hostsToml.stop();
+    });
+    await waitForFiles(containerd.certsDir, [`${registry.host}/hosts.toml`], hostsToml);
   });
 
   const pull = (ref = imageRef) =>
@@ -259,13 +272,18 @@ describe('hosts.toml with a real containerd and the node-local mirror', () => {
   const removeImages = () =>
     containerd.ctr(['images', 'rm', '--sync', imageRef, digestRef]).catch(() => undefined);
 
-  test('containerd pulls through the mirror; with the registry down the mirror alone serves it', async () => {
-    await run(hooks, hooks.install, containerd.certsDir);
-    assert.ok(existsSync(join(containerd.certsDir, registry.host, 'hosts.toml')));
+  test('containerd pulls a warmed image through the mirror; with the registry down the mirror alone serves it', async () => {
+    // Warm it into the mirror's store as a prewarm job would (the store records the image,
+    // which is what lets the mirror answer for it without the registry).
+    const warm = await spawnProcess({
+      name: 'kube-prewarm warm',
+      command: process.execPath,
+      args: ['--import', 'tsx', 'agent/src/cli/run.ts', 'warm', imageRef, '--store', join(dir, 'store'), '--no-fsync'],
+      cwd: REPO_ROOT,
+      logPath: join(dir, 'warm.log'),
+    });
+    assert.equal((await warm.exited).code, 0, warm.logTail());
     await pull();
-    // The pull went through the mirror, which stored what it streamed: stop the registry,
-    // forget the image, pull it again by digest (a tag needs the registry or a prewarm
-    // job's tag record; the content itself is all in the mirror's store now).
     await removeImages();
     await registry.stop();
     try {
@@ -277,8 +295,8 @@ describe('hosts.toml with a real containerd and the node-local mirror', () => {
     }
   });
 
-  test('after uninstall containerd no longer uses the mirror', async () => {
-    await run(hooks, hooks.uninstall, containerd.certsDir);
+  test('after the container stops containerd no longer uses the mirror', async () => {
+    assert.equal((await hostsToml.stop()).code, 0, hostsToml.logTail());
     assert.equal(existsSync(join(containerd.certsDir, registry.host)), false);
     await removeImages();
     await registry.stop();

@@ -6,6 +6,7 @@ import { parseReference } from '../../../oci/src/reference.js';
 import { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { ImageWarmer } from '../fetch/image-warmer.js';
 import { SERVE_USAGE, serveCommand } from '../mirror/serve-command.js';
+import { HOSTS_USAGE, hostsTomlCommand } from '../runtime/hosts-command.js';
 import { openStoreFromFlags, registryClientFromFlags, STORE_REGISTRY_OPTIONS } from './common-flags.js';
 import { describeError, ExitCodes, exitCodeFor } from './exit-codes.js';
 import { formatBytes, formatDuration, parseSize } from './format.js';
@@ -17,6 +18,7 @@ Commands:
   warm <image-ref>   Fetch an image into a local content-addressed store (resumable).
   agent              Run the node agent daemon (configured by KUBE_PREWARM_* env; docs/agent.md).
   serve              Serve a store as a node-local OCI mirror for containerd (hosts.toml).
+  hosts-toml         Point containerd at the mirror (install, uninstall, or run beside the agent).
   operator           Run the controller (configured by env; operator/README.md). Dispatched by
                      bin/kube-prewarm.js: the node-side CLI never loads operator code.
 
@@ -36,6 +38,7 @@ warm options:
   --no-direct-io           Buffered writes through the page cache even where O_DIRECT works
 
 ${SERVE_USAGE}
+${HOSTS_USAGE}
 Exit codes: 0 ok, 2 usage, 3 image/blob/platform not found, 4 auth, 5 digest or
 size mismatch, 6 network/registry, 7 disk full, 130 interrupted (rerun to resume).
 `;
@@ -50,6 +53,7 @@ export async function main(argv: string[]): Promise<number> {
   // The node agent daemon; configured by KUBE_PREWARM_* variables (docs/agent.md). Loaded lazily.
   if (command === 'agent') return (await import('../daemon/main.js')).runAgentFromProcess();
   if (command === 'serve') return serveCommand(rest);
+  if (command === 'hosts-toml') return hostsTomlCommand(rest);
   process.stderr.write(`kube-prewarm: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
   return ExitCodes.USAGE;
 }

@@ -238,7 +238,12 @@ Env entries for the Redis URL under the variable name given: (list $ "KUBE_PREWA
 {{- printf "http://%s:%v" $h .Values.agent.mirror.port }}
 {{- end }}
 
-{{/* Marks the hosts.toml files of this release. */}}
-{{- define "kube-prewarm.hostsTomlOwner" -}}
-{{- printf "%s/%s" .Release.Namespace .Release.Name }}
+{{/*
+Registries kube-prewarm may contact (KUBE_PREWARM_ALLOWED_REGISTRIES of the operator and the
+agents): registries.allowed, or else the registries hosts.toml is written for.
+*/}}
+{{- define "kube-prewarm.allowedRegistries" -}}
+{{- $r := .Values.registries.allowed }}
+{{- if not $r }}{{ $r = .Values.agent.mirror.hostsToml.registries }}{{ end }}
+{{- join "," $r }}
 {{- end }}
