@@ -287,7 +287,9 @@ describe('default values', () => {
     const unpack = await render({ agent: { unpack: { enabled: true } } });
     const uc = container(one(unpack, 'DaemonSet', '-agent'), 'agent');
     const ucfg = loadAgentConfig(agentEnv(unpack));
-    const sockMount = uc.volumeMounts.find((m: { mountPath: string }) => m.mountPath === ucfg.containerdSocket);
+    const sockMount = uc.volumeMounts.find(
+      (m: { mountPath: string }) => m.mountPath === ucfg.containerdSocket,
+    );
     assert.ok(sockMount, 'unpack mode mounts the socket where the agent looks for it');
     const sockVol = one(unpack, 'DaemonSet', '-agent').spec.template.spec.volumes.find(
       (v: { name: string }) => v.name === sockMount.name,

@@ -278,7 +278,16 @@ describe('hosts.toml with a real containerd and the node-local mirror', () => {
     const warm = await spawnProcess({
       name: 'kube-prewarm warm',
       command: process.execPath,
-      args: ['--import', 'tsx', 'agent/src/cli/run.ts', 'warm', imageRef, '--store', join(dir, 'store'), '--no-fsync'],
+      args: [
+        '--import',
+        'tsx',
+        'agent/src/cli/run.ts',
+        'warm',
+        imageRef,
+        '--store',
+        join(dir, 'store'),
+        '--no-fsync',
+      ],
       cwd: REPO_ROOT,
       logPath: join(dir, 'warm.log'),
     });
