@@ -55,7 +55,7 @@ declare -A NODE_CPU=([amd64]=x64 [arm64]=arm64)
 declare -A TRIPLET=([amd64]=x86_64-linux-gnu [arm64]=aarch64-linux-gnu)
 declare -A VARIANT=([amd64]='' [arm64]=v8)
 # Bump when the way layers are made changes, so cached staging trees are not reused.
-STAGING_FORMAT=1
+STAGING_FORMAT=2
 IMAGE_SOURCE=${IMAGE_SOURCE:-https://github.com/kube-prewarm/kube-prewarm}
 
 START=$SECONDS
@@ -254,21 +254,28 @@ fetch_deps() {
 
 # ---- dist/ from the working tree ---------------------------------------------------------
 compile() {
-  local key trees
+  local key trees snap=$WORK/src
   trees=$(cd "$REPO" && node -p "require('./tsconfig.build.json').include.join(' ')")
+  # A snapshot of the compiled sources, laid out as in the Dockerfile's /src, so that the
+  # source maps' relative paths (dist/x.js.map -> ../x.ts) do not depend on where the
+  # cache is, and edits made during the build do not reach half of it.
+  mkdir -p "$snap"
   # shellcheck disable=SC2086
-  key=$(cd "$REPO" && { sha256sum tsconfig.json tsconfig.build.json package-lock.json;
+  (cd "$REPO" && cp -r --parents package.json tsconfig.json tsconfig.build.json $trees "$snap/")
+  ln -s "$REPO/node_modules" "$snap/node_modules"
+  # shellcheck disable=SC2086
+  key=$(cd "$snap" && { sha256sum tsconfig.json tsconfig.build.json "$REPO/package-lock.json" | cut -d' ' -f1;
     find $trees -type f -print0 | sort -z | xargs -0 sha256sum; echo "$STAGING_FORMAT"; } |
     sha256sum | cut -c1-24)
   DIST=$CACHE/dist/$key/dist
   SOURCES_KEY=$key
   if [ "$nocache" = 1 ] || [ ! -f "$CACHE/dist/$key/.complete" ]; then
     [ -x "$REPO/node_modules/.bin/tsc" ] || die "no node_modules/.bin/tsc: run npm ci (bash scripts/deps.sh)"
-    log "tsc -p tsconfig.build.json (the working tree's $trees)"
+    log "tsc -p tsconfig.build.json (a snapshot of the working tree's $trees)"
+    (cd "$snap" && "$REPO/node_modules/.bin/tsc" -p tsconfig.build.json) || die "tsc failed"
     rm -rf "$CACHE/dist/$key.tmp"
     mkdir -p "$CACHE/dist/$key.tmp"
-    (cd "$REPO" && node_modules/.bin/tsc -p tsconfig.build.json --outDir "$CACHE/dist/$key.tmp/dist") ||
-      die "tsc failed"
+    mv "$snap/dist" "$CACHE/dist/$key.tmp/dist"
     touch "$CACHE/dist/$key.tmp/.complete"
     rm -rf "$CACHE/dist/$key" && mv "$CACHE/dist/$key.tmp" "$CACHE/dist/$key"
   fi
