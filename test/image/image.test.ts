@@ -9,8 +9,8 @@
  *   `kube-prewarm --help`, `warm --help`, and `warm` of an image from a real registry (the
  *   Redis image, pushed there by the script's --push); the Redis image answers PING (also
  *   through `redis-cli`, the chart's probe) as user 999;
- * - reproducible: a rebuild with --no-cache (compile, npm ci and gzip again) gives the
- *   same digests.
+ * - reproducible: a rebuild with --no-cache in another cache directory that shares only
+ *   the downloads (so it compiles, runs npm ci and compresses again) gives the same digests.
  * Downloads are cached in ~/.cache/kube-prewarm-image, so only a machine's first run
  * fetches anything. Needs root (runc), umoci, runc, skopeo (scripts/deps.sh).
  */
@@ -18,8 +18,9 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
+import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
@@ -95,9 +96,15 @@ async function run(
 }
 
 /** `bash scripts/build-image.sh <args>`, its output in `<log>`; throws with the log's tail. */
-async function buildImage(args: string[], layout: string, log: string): Promise<Built> {
+async function buildImage(
+  args: string[],
+  layout: string,
+  log: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<Built> {
   const r = await run('bash', ['scripts/build-image.sh', ...args, '--out', layout], {
     timeoutMs: BUILD_TIMEOUT_MS,
+    env,
   });
   await writeFile(log, `${r.stderr}\n--- stdout ---\n${r.stdout}`);
   if (r.code !== 0)
@@ -528,13 +535,23 @@ describe('images built without Docker (scripts/build-image.sh)', {
     assert.match(JSON.stringify(summary), new RegExp(redis.manifests.get(HOST_ARCH)!));
   });
 
-  test('reproducible: rebuilds with --no-cache give the same digests', {
+  test('reproducible: rebuilds with --no-cache, elsewhere, give the same digests', {
     timeout: BUILD_TIMEOUT_MS * 2,
   }, async (t) => {
+    // Another cache directory holding only the downloads (Node, .debs, apt state): nothing
+    // staged, compiled or compressed is reused, and no path of the first build can leak in.
+    const shared =
+      process.env.KUBE_PREWARM_IMAGE_CACHE ??
+      join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'kube-prewarm-image');
+    const cache = join(dir, 'other-cache');
+    await mkdir(cache);
+    for (const d of ['node', 'debs', 'apt']) await symlink(join(shared, d), join(cache, d));
+    const env = { ...process.env, KUBE_PREWARM_IMAGE_CACHE: cache };
     const again = await buildImage(
       ['--arch', HOST_ARCH, '--no-cache'],
       join(dir, 'kube-prewarm-again'),
       join(dir, 'build-again.log'),
+      env,
     );
     assert.match(await readFile(again.log, 'utf8'), /tsc -p tsconfig\.build\.json/, 'the rebuild compiled');
     const [m1, m2] = await Promise.all(
@@ -557,6 +574,7 @@ describe('images built without Docker (scripts/build-image.sh)', {
       ['redis', '--arch', HOST_ARCH, '--no-cache'],
       join(dir, 'redis-again'),
       join(dir, 'build-redis-again.log'),
+      env,
     );
     assert.equal(redisAgain.index, redis.index);
   });
