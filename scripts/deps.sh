@@ -11,7 +11,7 @@ profile=${1:-all}
 
 apt_pkgs=(docker-registry skopeo)
 if [ "$profile" = all ]; then
-  apt_pkgs+=(redis-server umoci containerd runc iproute2 iptables libnetfilter-queue-dev apache2-utils openssl jq gcc binutils)
+  apt_pkgs+=(redis-server umoci containerd runc containernetworking-plugins busybox-static iproute2 iptables util-linux libnetfilter-queue-dev apache2-utils openssl jq gcc binutils)
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do

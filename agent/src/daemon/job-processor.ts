@@ -5,6 +5,7 @@ import type { PrewarmJobProgress, PrewarmJobResult } from '../../../oci/src/job-
 import { formatBytes } from '../cli/format.js';
 import type { ImageWarmer, WarmProgress, WarmResult } from '../fetch/image-warmer.js';
 import type { PeerDirectory } from '../fetch/peer-directory.js';
+import { unpackImage } from '../runtime/unpack.js';
 import type { BlobStore, ImageRecord } from '../store/blob-store.js';
 import type { BlobWant, GarbageCollector, GcReport, Reservation } from '../store/gc.js';
 import type { LeaseSet } from '../store/leases.js';
@@ -179,8 +180,18 @@ export class PrewarmProcessor {
       const result = await this.#warm(parsed, warmer, reporter, lease, signal, log);
       let phase: PrewarmJobResult['phase'] = 'warm';
       if (data.mode === 'unpack') {
-        const image = `${data.repository}@${data.digest}`;
-        await this.#deps.runtime!.pullImage(image, { signal });
+        // By digest (exactly what was warmed), then by tag: kubelet looks pods' images up by
+        // the reference they name, and a tag still on this digest costs no transfer.
+        const unpacked = await unpackImage(
+          this.#deps.runtime!,
+          { repository: data.repository, digest: data.digest, ...(data.tag ? { tag: data.tag } : {}) },
+          { signal },
+        );
+        if (unpacked.tagMatches === false)
+          log.warn(
+            { tag: data.tag },
+            'the tag moved upstream since it was resolved: unpacked the digest, the tag names another image',
+          );
         phase = 'unpacked';
         reporter.update(finalProgress(result, phase));
       }

@@ -1,7 +1,19 @@
 import { type Digest, parseDigest } from '../../../oci/src/digest.js';
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
 import { assertTag, parseReference } from '../../../oci/src/reference.js';
-import type { CriAuth, CriImage, CriImageService } from './cri-image-service.js';
+import type { CriAuth } from './cri-image-service.js';
+
+/**
+ * The runtime calls an unpack needs (CriImageService has them; so does the daemon's
+ * RuntimeImageService port).
+ */
+export interface UnpackRuntime<I extends { id: string } = { id: string }> {
+  pullImage(
+    image: string,
+    opts?: { signal?: AbortSignal; timeoutMs?: number; auth?: CriAuth },
+  ): Promise<string>;
+  imageStatus(image: string, opts?: { signal?: AbortSignal; timeoutMs?: number }): Promise<I | undefined>;
+}
 
 /** An image to import into the runtime: what was warmed, by digest. */
 export interface UnpackTarget {
@@ -26,13 +38,13 @@ export interface UnpackOptions {
   force?: boolean;
 }
 
-export interface UnpackResult {
+export interface UnpackResult<I extends { id: string } = { id: string }> {
   /** `repository@digest`, the reference pulled. */
   reference: string;
   /** The runtime's image id (config digest). */
   imageId: string;
   /** ImageStatus of the by-digest reference after the pull. */
-  image: CriImage;
+  image: I;
   /** True when the runtime had it already and nothing was pulled. */
   alreadyPresent: boolean;
   /**
@@ -51,11 +63,11 @@ export interface UnpackResult {
  * PW_ERR_INVALID_DIGEST, PW_ERR_MANIFEST_UNKNOWN (runtime cannot resolve it, or does not
  * show it after the pull), PW_ERR_NETWORK (runtime socket), PW_ERR_ABORTED.
  */
-export async function unpackImage(
-  cri: CriImageService,
+export async function unpackImage<I extends { id: string }>(
+  cri: UnpackRuntime<I>,
   target: UnpackTarget,
   opts: UnpackOptions = {},
-): Promise<UnpackResult> {
+): Promise<UnpackResult<I>> {
   const started = performance.now();
   const digest = parseDigest(target.digest);
   // parseReference validates host and repository (and normalises Docker Hub short names).

@@ -1,0 +1,138 @@
+/**
+ * Small helpers over the cluster's API for the end-to-end tests: create objects, read an
+ * ImagePrewarm's status, wait for a workload's pods, read events. Every wait reports the
+ * last state it saw when it times out.
+ */
+import type { ClusterHandle } from '../harness/cluster.js';
+import { describePods, prewarmPath, waitForState } from './env.js';
+
+// biome-ignore lint/suspicious/noExplicitAny: API objects as JSON; tests assert on their shape.
+export type Json = any;
+
+/** POSTs `obj` to `path`; throws with the apiserver's message unless 2xx (409 allowed with `exists`). */
+export async function create(
+  c: ClusterHandle,
+  path: string,
+  obj: unknown,
+  o: { exists?: boolean } = {},
+): Promise<Json> {
+  const r = await c.kube.request('POST', path, obj);
+  if (r.status === 409 && o.exists) return r.body;
+  if (r.status >= 300) throw new Error(`POST ${path}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+export async function get(c: ClusterHandle, path: string): Promise<Json> {
+  const r = await c.kube.request('GET', path);
+  if (r.status !== 200) throw new Error(`GET ${path}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+export async function ensureNamespace(c: ClusterHandle, name: string): Promise<void> {
+  await create(
+    c,
+    '/api/v1/namespaces',
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name } },
+    { exists: true },
+  );
+  // Pods are refused until the namespace's default ServiceAccount exists.
+  await waitForState(
+    `namespace ${name}'s default ServiceAccount`,
+    async () => (await c.kube.request('GET', `/api/v1/namespaces/${name}/serviceaccounts/default`)).status,
+    (s) => s === 200,
+    60_000,
+  );
+}
+
+/** Condition `type` of an object's status, if any. */
+export function condition(
+  obj: Json,
+  type: string,
+): { status: string; reason: string; message: string } | undefined {
+  return (obj?.status?.conditions ?? []).find((x: { type: string }) => x.type === type);
+}
+
+/** Waits until the ImagePrewarm is Ready=True with every target node warm. */
+export async function waitPrewarmReady(
+  c: ClusterHandle,
+  ns: string,
+  name: string,
+  timeoutMs = 600_000,
+): Promise<Json> {
+  return waitForState(
+    `ImagePrewarm ${ns}/${name} Ready`,
+    async () => (await get(c, prewarmPath(ns, name))).status ?? {},
+    (s: Json) =>
+      condition({ status: s }, 'Ready')?.status === 'True' &&
+      s.targetNodes > 0 &&
+      s.warmNodes === s.targetNodes,
+    timeoutMs,
+  );
+}
+
+/** A Deployment of one pod running `image` (busybox sleeping), in `ns`. */
+export function sleeperDeployment(name: string, ns: string, image: string, extra: Json = {}): Json {
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: { name, namespace: ns },
+    spec: {
+      replicas: 1,
+      selector: { matchLabels: { app: name } },
+      template: {
+        metadata: { labels: { app: name } },
+        spec: {
+          terminationGracePeriodSeconds: 1,
+          containers: [
+            {
+              name: 'app',
+              image,
+              imagePullPolicy: 'IfNotPresent',
+              command: ['/bin/busybox', 'sleep', '3600'],
+            },
+          ],
+          ...extra,
+        },
+      },
+    },
+  };
+}
+
+/** Waits until every pod with `app=<name>` in `ns` is Running and ready; returns them. */
+export async function waitAppRunning(
+  c: ClusterHandle,
+  ns: string,
+  name: string,
+  timeoutMs = 300_000,
+): Promise<Json[]> {
+  try {
+    return await waitForState(
+      `pods of ${ns}/${name} Running`,
+      async () => (await get(c, `/api/v1/namespaces/${ns}/pods?labelSelector=app%3D${name}`)).items as Json[],
+      (pods) =>
+        pods.length > 0 &&
+        pods.every(
+          (p: Json) =>
+            p.status?.phase === 'Running' &&
+            (p.status.containerStatuses ?? []).every((s: Json) => s.ready) &&
+            !p.metadata.deletionTimestamp,
+        ),
+      timeoutMs,
+    );
+  } catch (err) {
+    throw new Error(
+      `${(err as Error).message}\n${await describePods(c, ns)}\nevents:\n${await eventLines(c, ns)}`,
+    );
+  }
+}
+
+/** The events of a namespace as `reason: message` lines, oldest first. */
+export async function eventLines(c: ClusterHandle, ns: string): Promise<string> {
+  const items = (await get(c, `/api/v1/namespaces/${ns}/events`)).items as Json[];
+  return items
+    .sort((a, b) =>
+      String(a.lastTimestamp ?? a.eventTime).localeCompare(String(b.lastTimestamp ?? b.eventTime)),
+    )
+    .map((e) => `${e.involvedObject?.kind}/${e.involvedObject?.name} ${e.reason}: ${e.message}`)
+    .join('\n');
+}
