@@ -4,9 +4,10 @@
  * it by a veth pair. Only addresses inside these namespaces and the bridge are used.
  *
  * ```
- *  this namespace                     node namespaces (kp-node<i>)
- *  kpbr0 10.213.0.254/24 ──veth──▶    eth0 10.213.0.<i>/24, lo, cni0 (pods 10.88.<i>.0/24)
- *  routes: 10.88.<i>.0/24 via node i, the Service CIDR via node 1 (kube-proxy there)
+ *  this namespace                     node namespaces (kp<k>-node<i>)
+ *  kpbr<k> 10.213.<k>.254/24 ──veth──▶  eth0 10.213.<k>.<i>/24, lo, cni0 (pods 10.<88+k>.<i>.0/24)
+ *  routes: pods of node i via node i, the Service CIDR 10.<32+k>.0.0/24 via node 1
+ *  (k = KP_CLUSTER_ID, default 0)
  * ```
  *
  * A node namespace has every port to itself, so each node's kubelet, agent and mirror
@@ -19,17 +20,31 @@ import { promisify } from 'node:util';
 
 const execFileP = promisify(execFile);
 
+/**
+ * Which test cluster this process runs (`KP_CLUSTER_ID`, 0-9, default 0): each id has its own
+ * bridge, addresses, namespaces and cgroups, so that clusters of different ids can run side
+ * by side (developers working in parallel); two of the same id cannot.
+ */
+const ID = (() => {
+  const raw = process.env.KP_CLUSTER_ID ?? '0';
+  if (!/^[0-9]$/.test(raw)) throw new Error(`KP_CLUSTER_ID must be a digit 0-9, got ${JSON.stringify(raw)}`);
+  return Number(raw);
+})();
+
 /** Names and addresses of the cluster network. */
 export const CLUSTER_NET = {
-  bridge: 'kpbr0',
+  id: ID,
+  bridge: `kpbr${ID}`,
   /** This process's address on the bridge: the registry proxy listens here. */
-  hostIp: '10.213.0.254',
-  nodeSubnet: '10.213.0.0/24',
-  podCidr: '10.88.0.0/16',
-  serviceCidr: '10.0.0.0/24',
-  nodeIp: (i: number): string => `10.213.0.${i}`,
-  nodePodCidr: (i: number): string => `10.88.${i}.0/24`,
-  netns: (i: number): string => `kp-node${i}`,
+  hostIp: `10.213.${ID}.254`,
+  nodeSubnet: `10.213.${ID}.0/24`,
+  podCidr: `10.${88 + ID}.0.0/16`,
+  serviceCidr: `10.${32 + ID}.0.0/24`,
+  nodeIp: (i: number): string => `10.213.${ID}.${i}`,
+  nodePodCidr: (i: number): string => `10.${88 + ID}.${i}.0/24`,
+  netns: (i: number): string => `kp${ID}-node${i}`,
+  /** The node's cgroup root, in every hierarchy. */
+  cgroupRoot: (i: number): string => `/kp${ID}-node${i}`,
 } as const;
 
 async function ip(args: string[]): Promise<void> {
@@ -67,8 +82,8 @@ export async function createBridge(): Promise<void> {
 export async function createNodeNet(i: number, existing: readonly number[]): Promise<string> {
   const { bridge, netns } = CLUSTER_NET;
   const ns = netns(i);
-  const hostSide = `kpn${i}h`;
-  const nodeSide = `kpn${i}c`;
+  const hostSide = `kp${CLUSTER_NET.id}n${i}h`;
+  const nodeSide = `kp${CLUSTER_NET.id}n${i}c`;
   await ip(['netns', 'add', ns]);
   await ip(['link', 'add', hostSide, 'type', 'veth', 'peer', 'name', nodeSide]);
   await ip(['link', 'set', hostSide, 'master', bridge]);

@@ -14,7 +14,7 @@
  * `hostPath(p)` maps a path inside the node to where this process reads it.
  *
  * What the kubelet changes outside the node (TESTBED.md) is undone by `close()`: its
- * cgroups under `/kp-node<i>` in every hierarchy (created here first, as the kubelet
+ * cgroups under `/kp<k>-node<i>` in every hierarchy (created here first, as the kubelet
  * requires on cgroup v1) are emptied and removed depth first. The sysctls it sets are
  * machine-wide; the cluster saves and restores them.
  */
@@ -92,7 +92,7 @@ export class ClusterNode {
     this.dir = deps.dir;
     this.#deps = deps;
     this.#kubeletOverrides = spec.kubelet ?? {};
-    this.#cgroupRoot = `/kp-node${spec.index}`;
+    this.#cgroupRoot = CLUSTER_NET.cgroupRoot(spec.index);
   }
 
   /** The node's containerd (its `ctr()` and `address` work from this process). */

@@ -7,7 +7,7 @@
  *
  * Layout (test/harness/cluster-net.ts): every node has its own network and mount
  * namespace; node 1 also runs the control plane and DNS. Pods get addresses on their
- * node's bridge (bridge CNI, 10.88.<i>.0/24), Services work through kube-proxy, Service
+ * node's bridge (bridge CNI, test/harness/cluster-net.ts), Services work through kube-proxy, Service
  * names through CoreDNS, so the Helm chart installs unchanged. The registry listens on
  * 127.0.0.1 here; pods and containerd reach it through `proxy` on the cluster bridge
  * (`registryHost`), which counts every byte it serves. containerd speaks plain HTTP to it
