@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Installs what kube-prewarm's demo, tests and benchmarks need on a Debian 12 machine:
 # Debian packages (registry, Redis, skopeo, containerd, ...), pinned Go tools (helm,
-# etcd, crane, kube-apiserver; cached in ~/.cache/kube-prewarm-testbin) and npm packages.
-# Idempotent: a second run only checks.
+# etcd, crane, CoreDNS and the Kubernetes binaries; cached in ~/.cache/kube-prewarm-testbin)
+# and npm packages. The Go builds (about 25 minutes cold on 2 cores, seconds when cached)
+# run in the background while apt and npm work. Idempotent: a second run only checks.
 #   scripts/deps.sh        everything (tests, CI)
 #   scripts/deps.sh demo   just what `npm run demo` needs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-all}
+
+t0=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - t0 ))s"; }
+go_pid=
+if [ "$profile" = all ]; then
+  go_log=$(mktemp)
+  bash scripts/go-tools.sh >"$go_log" 2>&1 &
+  go_pid=$!
+fi
 
 apt_pkgs=(docker-registry skopeo)
 if [ "$profile" = all ]; then
@@ -24,9 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ "$profile" = all ]; then
-  bash scripts/go-tools.sh >/dev/null
-fi
+echo "deps: Debian packages ready after $(elapsed)" >&2
 
 # npm ci also builds dist/ (the `prepare` script); skip it when the lockfile is unchanged.
 stamp=node_modules/.kp-lock-stamp
@@ -35,4 +43,16 @@ if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   cp package-lock.json "$stamp"
 else
   npm run --silent build
+fi
+echo "deps: npm packages ready after $(elapsed)" >&2
+
+if [ -n "$go_pid" ]; then
+  if ! wait "$go_pid"; then
+    echo "deps: scripts/go-tools.sh failed:" >&2
+    tail -n 60 "$go_log" >&2
+    exit 1
+  fi
+  grep '^building' "$go_log" >&2 || true
+  rm -f "$go_log"
+  echo "deps: Go tools ready after $(elapsed)" >&2
 fi

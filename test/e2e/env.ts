@@ -11,7 +11,10 @@
  * static hostPath PersistentVolume (no provisioner here), one operator replica (two cores).
  */
 import { execFile } from 'node:child_process';
-import { chown, mkdir } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chown, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -19,7 +22,6 @@ import type { KubernetesObject } from '@kubernetes/client-node';
 import { type ClusterHandle, type ClusterOptions, startCluster } from '../harness/cluster.js';
 import { REPO_ROOT } from '../harness/kube.js';
 import { waitUntil } from '../harness/process.js';
-import { makeTempDir, removeTempDir } from '../harness/tmp.js';
 import { CHART_DIR, type HelmResult, helm } from '../helm/render.js';
 
 const execFileP = promisify(execFile);
@@ -64,39 +66,85 @@ export function merge(a: Record<string, unknown>, b: Record<string, unknown>): R
   return out;
 }
 
-/** Builds an image with scripts/build-image.sh (host arch) and pushes it; returns its digest. */
+/** Inputs of an image build: what `git` sees of them, committed or not. */
+const IMAGE_INPUTS = [
+  'agent',
+  'operator',
+  'oci',
+  'bin',
+  'package.json',
+  'package-lock.json',
+  'tsconfig.json',
+].concat(['tsconfig.build.json', 'scripts/build-image.sh', 'scripts/image']);
+
+/**
+ * A key for the image's inputs (the files' content hashes from `git`, tracked or not), so
+ * that the test files of one run share one build: the layout is kept under
+ * ~/.cache/kube-prewarm-e2e/<image>-<key> (the newest few only).
+ */
+async function inputsKey(which: string): Promise<string> {
+  const { stdout: files } = await execFileP(
+    'git',
+    ['ls-files', '-co', '--exclude-standard', '--', ...IMAGE_INPUTS],
+    {
+      cwd: REPO_ROOT,
+      maxBuffer: 16 << 20,
+    },
+  );
+  const list = files.split('\n').filter((f) => f && existsSync(join(REPO_ROOT, f)));
+  const { stdout: hashes } = await execFileP('git', ['hash-object', '--', ...list], {
+    cwd: REPO_ROOT,
+    maxBuffer: 16 << 20,
+  });
+  return createHash('sha256').update(which).update(list.join('\n')).update(hashes).digest('hex').slice(0, 16);
+}
+
+/** Builds an image with scripts/build-image.sh (host arch; cached by inputs) and pushes it; returns its digest. */
 async function buildAndPush(
   which: 'kube-prewarm' | 'redis',
   registry: string,
   repository: string,
 ): Promise<string> {
-  const dir = await makeTempDir(`e2e-${which}`);
-  try {
-    const out = join(dir, 'layout');
-    const { stdout } = await execFileP(
+  const cacheRoot = join(process.env.KP_E2E_CACHE ?? join(homedir(), '.cache', 'kube-prewarm-e2e'));
+  const out = join(cacheRoot, `${which}-${await inputsKey(which)}`);
+  if (!existsSync(join(out, 'build.json'))) {
+    await mkdir(cacheRoot, { recursive: true });
+    const tmp = `${out}.tmp-${process.pid}`;
+    await rm(tmp, { recursive: true, force: true });
+    await execFileP(
       'bash',
-      [
-        join(REPO_ROOT, 'scripts/build-image.sh'),
-        which,
-        '--arch',
-        'amd64',
-        '--out',
-        out,
-        '--tag',
-        'e2e',
-        '--push',
-        `${registry}/${repository}:e2e`,
-      ],
-      { cwd: REPO_ROOT, timeout: 600_000, maxBuffer: 16 << 20 },
+      [join(REPO_ROOT, 'scripts/build-image.sh'), which, '--arch', 'amd64', '--out', tmp, '--tag', 'e2e'],
+      { cwd: REPO_ROOT, timeout: 900_000, maxBuffer: 16 << 20 },
     ).catch((err: { stderr?: string; message: string }) => {
       throw new Error(`build-image.sh ${which} failed: ${err.stderr?.slice(-4000) ?? err.message}`);
     });
-    const m = /sha256:[a-f0-9]{64}/.exec(stdout);
-    if (!m) throw new Error(`build-image.sh ${which}: no digest in its output:\n${stdout}`);
-    return m[0];
-  } finally {
-    await removeTempDir(dir);
+    await rm(out, { recursive: true, force: true });
+    await rename(tmp, out);
+    // Keep the three newest builds of each image.
+    const olds = (await readdir(cacheRoot)).filter((d) => d.startsWith(`${which}-`) && !d.includes('.tmp-'));
+    const dated = await Promise.all(
+      olds.map(async (d) => ({ d, t: (await stat(join(cacheRoot, d))).mtimeMs })),
+    );
+    for (const { d } of dated.sort((x, y) => y.t - x.t).slice(3))
+      await rm(join(cacheRoot, d), { recursive: true, force: true });
   }
+  const build = JSON.parse(await readFile(join(out, 'build.json'), 'utf8')) as { index: string };
+  await execFileP(
+    'skopeo',
+    [
+      'copy',
+      '--quiet',
+      '--all',
+      '--preserve-digests',
+      '--dest-tls-verify=false',
+      `oci:${out}:e2e`,
+      `docker://${registry}/${repository}:e2e`,
+    ],
+    { timeout: 300_000 },
+  ).catch((err: { stderr?: string; message: string }) => {
+    throw new Error(`skopeo copy of ${which} failed: ${err.stderr ?? err.message}`);
+  });
+  return build.index;
 }
 
 /** A StorageClass without a provisioner and a hostPath PersistentVolume on node 1 for Redis. */
