@@ -486,10 +486,24 @@ export class RegistryClient {
     }
     // The realm is named by the registry: it may not send us (and the credentials) to an
     // internal address or off TLS, any more than a redirect may.
-    this.#egress.assertFollow(new URL(this.baseUrl(host)), tokenUrl, 'token-realm');
+    const registryUrl = new URL(this.baseUrl(host));
+    this.#egress.assertFollow(registryUrl, tokenUrl, 'token-realm');
     if (challenge.params.service) tokenUrl.searchParams.set('service', challenge.params.service);
     tokenUrl.searchParams.set('scope', `repository:${repository}:pull`);
     const cred = this.#opts.credentials?.get(host);
+    if (
+      (cred?.username || cred?.password || cred?.identityToken) &&
+      cleartextElsewhere(registryUrl, tokenUrl, this.#egress)
+    ) {
+      // Whoever can answer (or rewrite) the registry's challenge names the realm: credentials
+      // in the clear to an origin nobody configured would hand them to that party, and to
+      // everyone on the path. Refuse before anything is sent.
+      throw new PrewarmError(
+        ErrorCodes.AUTH_FAILED,
+        `${host}: credentials not sent: the bearer realm ${tokenUrl.origin} is plain HTTP on another origin than the registry (configure that host for plain HTTP to allow it)`,
+        { detail: { permanent: true } },
+      );
+    }
     const headers: Record<string, string> = { 'user-agent': this.#opts.userAgent ?? 'kube-prewarm/0.1' };
     if (cred?.identityToken) {
       // Refresh tokens are exchanged with a POST (OAuth2 grant), per the distribution token spec.
@@ -620,6 +634,16 @@ export class RegistryClient {
 export function header(headers: IncomingHttpHeaders, name: string): string | undefined {
   const v = headers[name];
   return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * Whether sending credentials to the token realm `realm` would put them in the clear on an
+ * origin other than the registry's: a plain-HTTP realm on another origin whose host the
+ * egress policy does not list for plain HTTP. (A realm on the registry's own origin gets
+ * what the registry already gets; an https realm is protected by TLS.)
+ */
+export function cleartextElsewhere(registry: URL, realm: URL, egress: EgressPolicy): boolean {
+  return realm.protocol === 'http:' && realm.origin !== registry.origin && !egress.plainHttp(realm.host);
 }
 
 /** URL without query (presigned URLs carry credentials there). */
