@@ -121,6 +121,9 @@ const DEFAULTS = {
   recordEveryBytes: 8 * 1024 * 1024,
 };
 
+/** The defaults of BlobFetcherOptions (what a crash can lose per connection follows from them). */
+export const BLOB_FETCHER_DEFAULTS: Readonly<typeof DEFAULTS> = DEFAULTS;
+
 /**
  * The lazy-chunk fetcher: downloads blobs as parallel HTTP Range requests into the
  * store, hashing in byte order as chunks land, with retries (backoff, Retry-After),
