@@ -15,8 +15,16 @@ elapsed() { echo "$(( $(date +%s) - t0 ))s"; }
 go_pid=
 if [ "$profile" = all ]; then
   go_log=$(mktemp)
-  bash scripts/go-tools.sh >"$go_log" 2>&1 &
+  bash scripts/go-tools.sh helm etcd crane >"$go_log" 2>&1 &
   go_pid=$!
+  # The Kubernetes binaries and CoreDNS (~25 min cold, seconds when cached) build on in the
+  # background after this script ends; scripts/test.sh runs the tests that do not need them
+  # meanwhile and waits for this build (its state: $KP_TESTBIN/.k8s-build.{log,rc}).
+  bin_dir=${KP_TESTBIN:-$HOME/.cache/kube-prewarm-testbin}
+  mkdir -p "$bin_dir"
+  rm -f "$bin_dir/.k8s-build.rc"
+  (bash scripts/go-tools.sh kubernetes coredns >"$bin_dir/.k8s-build.log" 2>&1; echo $? >"$bin_dir/.k8s-build.rc") &
+  disown
 fi
 
 apt_pkgs=(docker-registry skopeo)
@@ -54,5 +62,5 @@ if [ -n "$go_pid" ]; then
   fi
   grep '^building' "$go_log" >&2 || true
   rm -f "$go_log"
-  echo "deps: Go tools ready after $(elapsed)" >&2
+  echo "deps: helm, etcd, crane ready after $(elapsed) (Kubernetes binaries: see scripts/test.sh)" >&2
 fi
