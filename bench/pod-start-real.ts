@@ -165,6 +165,16 @@ async function main(cleanup: Cleanup): Promise<void> {
       return s;
     };
 
+    /** The agent's count of blob bytes its mirror served from the store (Prometheus text). */
+    const mirrorStoreBytes = async (): Promise<number> => {
+      const text = await node.run('curl', ['-sf', 'http://127.0.0.1:9464/metrics']);
+      const m = /^kprw_agent_mirror_blob_bytes_total\{source="store"\} (\d+(?:\.\d+)?(?:e\+\d+)?)$/m.exec(
+        text,
+      );
+      return m ? Number(m[1]) : 0;
+    };
+    const mirrorBytes: number[] = [];
+
     const times: Record<Scenario, number[]> = { cold: [], present: [], cache: [], unpack: [] };
     const prewarmS: Record<'cache' | 'unpack', number[]> = { cache: [], unpack: [] };
     for (const image of images.cold) {
@@ -190,7 +200,9 @@ async function main(cleanup: Cleanup): Promise<void> {
         });
         await waitPrewarmReady(c, NS, name, 1_800_000);
         prewarmS[mode].push((performance.now() - t0) / 1000);
+        const before = await mirrorStoreBytes();
         times[mode].push(await podStart(image));
+        if (mode === 'cache') mirrorBytes.push((await mirrorStoreBytes()) - before);
         log(
           `${mode}: prewarm ${prewarmS[mode].at(-1)!.toFixed(1)} s, pod ${times[mode].at(-1)!.toFixed(2)} s`,
         );
@@ -220,6 +232,7 @@ async function main(cleanup: Cleanup): Promise<void> {
           `| ${n} | ${m.toFixed(2)} s | ${all.map((x) => x.toFixed(2)).join(', ')} | ${(m / med.present).toFixed(2)}x |`,
       ),
       '',
+      `cache mode: the mirror served ${mirrorBytes.map((b) => `${(b / MiB).toFixed(0)} MiB`).join(', ')} from the node store per pod`,
       `prewarm (ImagePrewarm → Ready), median: cache ${median(prewarmS.cache).toFixed(1)} s, unpack ${median(prewarmS.unpack).toFixed(1)} s`,
       `prewarmed unpack ÷ present = ${unpackVsPresent.toFixed(2)} (target ≤ 1.2: ${unpackVsPresent <= 1.2 ? 'met' : 'NOT met'})`,
       `cold ÷ prewarmed unpack = ${coldVsUnpack.toFixed(1)} (target ≥ 20: ${coldVsUnpack >= 20 ? 'met' : 'NOT met'})`,
