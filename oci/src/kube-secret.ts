@@ -8,7 +8,25 @@
 export interface SecretData {
   type: string;
   data: Record<string, Buffer>;
+  /**
+   * Its metadata annotations (absent: none). The operator's pull-credential copies say
+   * there whom they were made for (`PULL_CREDENTIALS_ANNOTATIONS`), which the agent checks.
+   */
+  annotations?: Record<string, string>;
 }
+
+/** Label and annotations of the operator's per-ImagePrewarm pull-credential copies. */
+export const PULL_CREDENTIALS_LABEL = 'prewarm.kube-prewarm.io/pull-credentials-for';
+export const PULL_CREDENTIALS_ANNOTATIONS = {
+  /** `namespace/name` of the ImagePrewarm the copy was made for. */
+  owner: 'prewarm.kube-prewarm.io/owner',
+  /** Its uid (also the label's value). */
+  ownerUid: 'prewarm.kube-prewarm.io/owner-uid',
+  /** Comma-separated registry hosts the copy holds credentials for. */
+  registries: 'prewarm.kube-prewarm.io/registries',
+  /** ISO time after which the copy must not be used (the operator replaces it before). */
+  expires: 'prewarm.kube-prewarm.io/expires',
+} as const;
 
 /**
  * The HTTP status of an error thrown by @kubernetes/client-node (its ApiException has
@@ -26,13 +44,18 @@ export function kubeApiStatus(err: unknown): number | undefined {
  * base64 values. Undefined when the API answers 404; other errors are rethrown.
  */
 export async function readSecretData(
-  read: () => Promise<{ type?: string; data?: Record<string, string> }>,
+  read: () => Promise<{
+    type?: string;
+    data?: Record<string, string>;
+    metadata?: { annotations?: Record<string, string> };
+  }>,
 ): Promise<SecretData | undefined> {
   try {
     const s = await read();
     const data: Record<string, Buffer> = {};
     for (const [k, v] of Object.entries(s.data ?? {})) data[k] = Buffer.from(v, 'base64');
-    return { type: s.type ?? 'Opaque', data };
+    const annotations = s.metadata?.annotations;
+    return { type: s.type ?? 'Opaque', data, ...(annotations ? { annotations } : {}) };
   } catch (err) {
     if (kubeApiStatus(err) === 404) return undefined;
     throw err;

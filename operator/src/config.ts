@@ -8,6 +8,7 @@
 import { hostname } from 'node:os';
 import { EgressPolicy, PUBLIC_REGISTRIES } from '../../oci/src/egress-policy.js';
 import { ErrorCodes, PrewarmError } from '../../oci/src/errors.js';
+import { parseQuantity } from './reconcile/plan.js';
 
 /** Turns a raw environment value into a setting's value; throws with a readable reason. */
 export type Parser<T> = (raw: string) => T;
@@ -58,6 +59,34 @@ const list: Parser<string[]> = (raw) =>
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
+
+/** A byte size: `50Gi`, `500M`, `1073741824`. */
+const bytes: Parser<number> = (raw) => {
+  const n = parseQuantity(raw.trim());
+  if (n === undefined) throw new Error(`not a size (examples: 50Gi, 500Mi, 1T): ${JSON.stringify(raw)}`);
+  return n;
+};
+
+const NAMESPACE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/** `*` or comma-separated namespace names. */
+const namespaceList: Parser<string[]> = (raw) => {
+  const names = list(raw);
+  for (const n of names)
+    if (n !== '*' && !NAMESPACE.test(n)) throw new Error(`not a namespace name: ${JSON.stringify(n)}`);
+  return names;
+};
+
+/** `ns=size[,ns=size]` → bytes by namespace. */
+const namespaceSizes: Parser<Record<string, number>> = (raw) => {
+  const out: Record<string, number> = {};
+  for (const part of list(raw)) {
+    const m = /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)=(.+)$/.exec(part);
+    if (!m) throw new Error(`expected namespace=size[,namespace=size], got ${JSON.stringify(part)}`);
+    out[m[1]!] = bytes(m[3]!);
+  }
+  return out;
+};
 
 /** Registry allow-list: hosts and `_default`, validated by the egress policy itself. */
 const registryList: Parser<string[]> = (raw) => {
@@ -192,6 +221,44 @@ export const SETTINGS = {
     description:
       'Registry hosts spoken to over plain HTTP (each must be allowed); loopback registries listed explicitly in KUBE_PREWARM_ALLOWED_REGISTRIES are too.',
     parse: list,
+  },
+  gateNodesNamespaces: {
+    env: 'KUBE_PREWARM_GATE_NODES_NAMESPACES',
+    default: [] as string[],
+    description:
+      'Namespaces whose ImagePrewarms may hold nodes with startup.gateNodes (comma-separated; * = every namespace). Empty: none. Any other gating ImagePrewarm holds no node (nodes are released as if it did not gate) and gets status reason GateNodesNotAllowed.',
+    parse: namespaceList,
+  },
+  pinnedQuotaBytes: {
+    env: 'KUBE_PREWARM_PINNED_QUOTA',
+    default: 0,
+    description:
+      "Per-namespace cap on the bytes of images a namespace's ImagePrewarms pin on a node: the sum of the sizes (largest platform, compressed) of their entries' current digests, each digest counted once. 0: no cap. Entries past it, newest first (by ImagePrewarm creation, then spec order), are neither warmed nor pinned and get status reason QuotaExceeded.",
+    parse: bytes,
+  },
+  pinnedQuotaNamespaces: {
+    env: 'KUBE_PREWARM_PINNED_QUOTA_NAMESPACES',
+    default: {} as Record<string, number>,
+    description:
+      'Per-namespace overrides of KUBE_PREWARM_PINNED_QUOTA, as namespace=size[,namespace=size] (e.g. ml=200Gi,ci=20Gi; 0 = no cap there).',
+    parse: namespaceSizes,
+  },
+  pullCredentialsNamespace: {
+    env: 'KUBE_PREWARM_PULL_CREDENTIALS_NAMESPACE',
+    default: '',
+    description:
+      "Namespace where the operator keeps, per ImagePrewarm, an immutable copy (random name) of just the pull credentials its images' registries need, and names it in the jobs; agents may get Secrets there and nowhere else. Nothing else may live there. Empty: jobs name the ImagePrewarm's own Secrets (namespace/name), which agents use only in the job owner's namespace.",
+    parse: (raw) => {
+      if (!NAMESPACE.test(raw)) throw new Error('must be a namespace name');
+      return raw;
+    },
+  },
+  pullCredentialsMaxAgeMs: {
+    env: 'KUBE_PREWARM_PULL_CREDENTIALS_MAX_AGE_MS',
+    default: 3_600_000,
+    description:
+      'A pull-credential copy older than this is replaced by a new one (new name) and the jobs pointed at it; the old one is deleted once no pending or running job names it. Agents refuse copies older than twice this.',
+    parse: int(60_000),
   },
   registryRps: {
     env: 'KUBE_PREWARM_REGISTRY_RPS',

@@ -56,7 +56,20 @@ async function main(): Promise<void> {
         failedRetryAfterMs: cfg.failedRetryAfterMs,
         maxInFlightJobs: cfg.maxInFlightJobs,
         registryMaxInFlight: cfg.registryMaxInFlight,
+        policy: {
+          gateNodesNamespaces: cfg.gateNodesNamespaces,
+          pinnedQuotaBytes: cfg.pinnedQuotaBytes,
+          pinnedQuotaNamespaces: cfg.pinnedQuotaNamespaces,
+        },
       },
+      ...(cfg.pullCredentialsNamespace
+        ? {
+            pullCredentials: {
+              namespace: cfg.pullCredentialsNamespace,
+              maxAgeMs: cfg.pullCredentialsMaxAgeMs,
+            },
+          }
+        : {}),
       jobQueue: { attempts: cfg.jobAttempts, backoffMs: cfg.jobBackoffMs },
       http: { host: cfg.httpHost, port: cfg.httpPort },
     },

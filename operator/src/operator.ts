@@ -13,6 +13,7 @@
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import type { ImagePrewarm } from './api/types.js';
+import { PullCredentialIssuer } from './credentials/pull-credentials.js';
 import { type MountedHandler, OperatorHttpServer } from './http/server.js';
 import type { KubePort } from './kube/port.js';
 import { LeaseElector } from './leader/lease-elector.js';
@@ -51,6 +52,12 @@ export interface OperatorOptions {
   http?: { host: string; port: number };
   /** Handlers mounted on the HTTP server before the built-in routes (the webhooks). */
   mounts?: MountedHandler[];
+  /**
+   * Keep per-ImagePrewarm copies of the pull credentials jobs need in this namespace and
+   * name them in the jobs (credentials/pull-credentials.ts). Omitted: jobs name the
+   * ImagePrewarm's own Secrets.
+   */
+  pullCredentials?: { namespace: string; maxAgeMs?: number };
 }
 
 export class Operator {
@@ -83,6 +90,17 @@ export class Operator {
         resolver: deps.resolver,
         metrics: this.metrics,
         log: deps.log.child({ component: 'controller' }),
+        ...(opts.pullCredentials
+          ? {
+              pullCredentials: new PullCredentialIssuer(deps.kube, {
+                namespace: opts.pullCredentials.namespace,
+                ...(opts.pullCredentials.maxAgeMs !== undefined
+                  ? { maxAgeMs: opts.pullCredentials.maxAgeMs }
+                  : {}),
+                log: deps.log.child({ component: 'pull-credentials' }),
+              }),
+            }
+          : {}),
       },
       opts.controller,
     );

@@ -1,7 +1,11 @@
 /**
  * Per-job pull secrets: the agent reads the dockerconfigjson Secrets a job names from a
  * real kube-apiserver and uses them for that job only, against a real htpasswd registry
- * and real Redis. Plus the resolver's cache and precedence with an in-memory reader.
+ * and real Redis; a job naming a Secret of a namespace none of its owners is in is
+ * refused before anything is read, even by an agent that could read it (issue 11: job
+ * data comes from Redis, which every node can write). Plus the resolver's cache,
+ * precedence and the checks on the operator's pull-credential copies, with an in-memory
+ * reader. The operator ↔ agent path with copies: pull-credentials.test.ts.
  */
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -24,13 +28,18 @@ import {
   type PrewarmJobResult,
   QUEUE_PREFIX,
 } from '../../oci/src/job-contract.js';
+import { PULL_CREDENTIALS_ANNOTATIONS } from '../../oci/src/kube-secret.js';
 import { Cleanup, type PushedImage, pushImage, type RegistryHandle } from '../harness/index.js';
 import { type KubeHandle, startKube } from '../harness/kube.js';
-import { owner, startAgent, startTestRedis, waitForJobEnd } from './daemon-fixtures.js';
+import { startAgent, startTestRedis, waitForJobEnd } from './daemon-fixtures.js';
 import { startTestRegistry } from './fixtures.js';
 
 const NODE = 'node-secrets';
 const NS = 'team-a';
+const OTHER_NS = 'team-b';
+let ownerSeq = 0;
+/** An owner ImagePrewarm in `namespace` (default: the Secret's, team-a). */
+const owner = (namespace = NS) => ({ namespace, name: `ip-${++ownerSeq}`, uid: `uid-${ownerSeq}` });
 
 function dockerConfigJson(host: string, username: string, password: string): string {
   const auth = Buffer.from(`${username}:${password}`).toString('base64');
@@ -42,7 +51,8 @@ async function enqueueJob(
   conn: Redis,
   jobId: string,
   img: PushedImage,
-  extra: Pick<PrewarmJobData, 'pullSecrets' | 'bandwidthBytesPerSec'>,
+  extra: Pick<PrewarmJobData, 'pullSecrets' | 'bandwidthBytesPerSec'> &
+    Partial<Pick<PrewarmJobData, 'owners'>>,
 ): Promise<string> {
   const data: PrewarmJobData = {
     v: 1,
@@ -89,7 +99,7 @@ describe('agent: per-job pull secrets (real kube-apiserver, Redis, htpasswd regi
     const r = await startTestRedis(cleanup);
     conn = r.conn;
     redisUrl = r.redis.url;
-    for (const tag of ['with-secret', 'without', 'missing', 'forbidden'])
+    for (const tag of ['with-secret', 'without', 'missing', 'forbidden', 'cross-namespace'])
       images.push(
         await pushImage(registry, {
           repository: 'private/app',
@@ -98,7 +108,7 @@ describe('agent: per-job pull secrets (real kube-apiserver, Redis, htpasswd regi
         }),
       );
     const core = kube.kc.makeApiClient(CoreV1Api);
-    await core.createNamespace({ body: { metadata: { name: NS } } });
+    for (const ns of [NS, OTHER_NS]) await core.createNamespace({ body: { metadata: { name: ns } } });
     await core.createNamespacedSecret({
       namespace: NS,
       body: {
@@ -163,6 +173,52 @@ describe('agent: per-job pull secrets (real kube-apiserver, Redis, htpasswd regi
     assert.match(vAgain.failedReason ?? '', /^PW_ERR_AUTH_DENIED: /);
   });
 
+  it("a job naming another namespace's Secret is refused before it is read, though this agent could read it", async () => {
+    // The attack: whoever can write a job to Redis (a compromised node) names the Secret of
+    // a namespace its job's owner is not in. This agent's kubeconfig is cluster-admin, so
+    // only the owner check stands between the job and team-a's credentials.
+    const node = 'node-cross-ns';
+    const agent = await startAgent(cleanup, {
+      node,
+      redisUrl,
+      extra: { KUBE_PREWARM_READ_PULL_SECRETS: 'true', KUBE_PREWARM_KUBECONFIG: kube.kubeconfigPath },
+    });
+    const img = images[4] as PushedImage;
+    const queue = new Queue(nodeQueueName(node), { connection: conn, prefix: QUEUE_PREFIX });
+    cleanup.defer(() => queue.close());
+    const job = (id: string, owners: PrewarmJobData['owners']) =>
+      queue.add(
+        PREWARM_JOB_NAME,
+        {
+          v: 1,
+          owners,
+          repository: `${img.host}/${img.repository}`,
+          digest: img.digest as Digest,
+          platform: 'linux/amd64',
+          node,
+          mode: 'cache',
+          triggeredAt: Date.now(),
+          trigger: 'spec',
+          pullSecrets: [`${NS}/regcred`],
+        } satisfies PrewarmJobData,
+        { jobId: id, attempts: 3, removeOnFail: false, removeOnComplete: false },
+      );
+    await job('cross-ns', [owner(OTHER_NS)]);
+    const v = await waitForJobEnd(conn, node, 'cross-ns');
+    assert.equal(v.state, 'failed');
+    assert.equal(
+      v.failedReason,
+      `PW_ERR_AUTH_FAILED: pull secret ${NS}/regcred: refused: the job's owners are in ${OTHER_NS}, not ${NS}; a job may only use Secrets of its own ImagePrewarm's namespace`,
+    );
+    assert.equal(v.attemptsMade, 1, 'refused permanently: not retried');
+    assert.equal(await agent.daemon.store!.stat(img.manifests[0]!.layers[1]!.digest as Digest), undefined);
+
+    // The control: the same job with an owner in team-a uses the Secret and completes.
+    await job('same-ns', [owner(OTHER_NS), owner(NS)]);
+    const ok = await waitForJobEnd(conn, node, 'same-ns');
+    assert.equal(ok.state, 'completed', ok.failedReason);
+  });
+
   it('a secret the agent may not read fails the job permanently, naming it', async () => {
     // A second agent on another node whose kubeconfig user has no role at all.
     const node = 'node-forbidden';
@@ -207,10 +263,13 @@ describe('PullSecretResolver (in-memory reader)', () => {
       return this.secrets.get(`${namespace}/${name}`);
     }
   }
-  const secret = (host: string, user: string): SecretData => ({
+  const secret = (host: string, user: string, annotations?: Record<string, string>): SecretData => ({
     type: 'kubernetes.io/dockerconfigjson',
     data: { '.dockerconfigjson': Buffer.from(dockerConfigJson(host, user, 'pw')) },
+    ...(annotations ? { annotations } : {}),
   });
+  /** A job owned by ImagePrewarm a/p, pulling from reg.example:5000. */
+  const JOB = { owners: [{ namespace: 'a', name: 'p', uid: 'uid-p' }], registry: 'reg.example:5000' };
 
   it('caches reads for the TTL, and the first listed secret wins for a host', async () => {
     const reader = new MemoryReader(
@@ -221,15 +280,15 @@ describe('PullSecretResolver (in-memory reader)', () => {
     );
     let now = 1_000;
     const resolver = new PullSecretResolver(reader, { ttlMs: 60_000, now: () => now });
-    const creds = await resolver.credentials(['a/one', 'a/two']);
+    const creds = await resolver.credentials(['a/one', 'a/two'], JOB);
     assert.equal(creds.get('reg.example:5000')?.username, 'first');
     assert.equal(
-      (await resolver.credentials(['a/two', 'a/one'])).get('reg.example:5000')?.username,
+      (await resolver.credentials(['a/two', 'a/one'], JOB)).get('reg.example:5000')?.username,
       'second',
     );
     assert.equal(reader.reads, 2, 'second call served from the cache');
     now += 60_001;
-    await resolver.credentials(['a/one']);
+    await resolver.credentials(['a/one'], JOB);
     assert.equal(reader.reads, 3, 're-read after the TTL');
   });
 
@@ -253,7 +312,7 @@ describe('PullSecretResolver (in-memory reader)', () => {
       ['a/bad', /not JSON/],
       ['a/absent', /not found/],
     ] as const) {
-      const err = await resolver.credentials([ref]).then(
+      const err = await resolver.credentials([ref], JOB).then(
         () => assert.fail(`${ref} resolved`),
         (e: unknown) => e,
       );
@@ -263,5 +322,78 @@ describe('PullSecretResolver (in-memory reader)', () => {
       assert.doesNotMatch(err.message, /hunter2/);
       assert.equal(err.detail?.permanent, true);
     }
+  });
+
+  const refusal = async (resolver: PullSecretResolver, refs: string[], job = JOB) => {
+    const err = await resolver.credentials(refs, job).then(
+      () => assert.fail(`${refs.join(',')} resolved`),
+      (e: unknown) => e,
+    );
+    assert.ok(isPrewarmError(err, ErrorCodes.AUTH_FAILED), String(err));
+    assert.equal(err.detail?.permanent, true);
+    return err.message;
+  };
+
+  it("refuses a Secret of a namespace none of the job's owners is in, without reading anything", async () => {
+    const reader = new MemoryReader(new Map([['b/regcred', secret('reg.example:5000', 'b-user')]]));
+    const resolver = new PullSecretResolver(reader);
+    assert.match(
+      await refusal(resolver, ['a/ok', 'b/regcred']),
+      /^pull secret b\/regcred: refused: the job's owners are in a, not b/,
+    );
+    assert.equal(reader.reads, 0, 'judged before any read');
+    const twoOwners = { ...JOB, owners: [...JOB.owners, { namespace: 'b', name: 'q', uid: 'uid-q' }] };
+    assert.equal(
+      (await resolver.credentials(['b/regcred'], twoOwners)).get('reg.example:5000')?.username,
+      'b-user',
+    );
+  });
+
+  it("uses an operator copy only when made for one of the job's owners, for its registry, and not expired", async () => {
+    const A = PULL_CREDENTIALS_ANNOTATIONS;
+    let now = Date.parse('2026-01-01T00:00:00Z');
+    const ann = (over: Record<string, string> = {}) => ({
+      [A.owner]: 'a/p',
+      [A.ownerUid]: 'uid-p',
+      [A.registries]: 'reg.example:5000',
+      [A.expires]: new Date(now + 60_000).toISOString(),
+      ...over,
+    });
+    const reader = new MemoryReader(
+      new Map<string, SecretData>([
+        ['creds/good', secret('reg.example:5000', 'copy-user', ann())],
+        ['creds/theirs', secret('reg.example:5000', 'x', ann({ [A.owner]: 'b/q', [A.ownerUid]: 'uid-q' }))],
+        ['creds/elsewhere', secret('other.example', 'x', ann({ [A.registries]: 'other.example' }))],
+        ['creds/plain', secret('reg.example:5000', 'x')],
+      ]),
+    );
+    const resolver = new PullSecretResolver(reader, {
+      credentialsNamespace: 'creds',
+      now: () => now,
+      ttlMs: 0,
+    });
+    assert.equal(
+      (await resolver.credentials(['creds/good'], JOB)).get('reg.example:5000')?.username,
+      'copy-user',
+    );
+    assert.match(
+      await refusal(resolver, ['creds/theirs']),
+      /refused: made for ImagePrewarm b\/q, not for this job's owners \(a\/p\)/,
+    );
+    assert.match(
+      await refusal(resolver, ['creds/elsewhere']),
+      /refused: holds credentials for other\.example, not for reg\.example:5000/,
+    );
+    assert.match(
+      await refusal(resolver, ['creds/plain']),
+      /refused: not a kube-prewarm pull-credential copy/,
+    );
+    now += 60_001;
+    assert.match(await refusal(resolver, ['creds/good']), /refused: expired at /);
+    // Without the setting, the credentials namespace is just another namespace.
+    assert.match(
+      await refusal(new PullSecretResolver(reader), ['creds/good']),
+      /refused: the job's owners are in a, not creds/,
+    );
   });
 });

@@ -29,6 +29,7 @@ import { PrewarmWorker } from './prewarm-worker.js';
 import {
   ChainedCredentials,
   KubeSecretReader,
+  type PullSecretJob,
   PullSecretResolver,
   type SecretReader,
 } from './pull-secrets.js';
@@ -212,16 +213,17 @@ export class AgentDaemon {
     this.#fetcher = fetcher;
     const warmer = new ImageWarmer(this.#client, fetcher, store);
     const dispatcher = this.#dispatcher;
-    let warmerFor: ((pullSecrets: readonly string[]) => Promise<JobWarmer>) | undefined;
+    let warmerFor: ((pullSecrets: readonly string[], job: PullSecretJob) => Promise<JobWarmer>) | undefined;
     if (c.readPullSecrets) {
       const resolver = new PullSecretResolver(
         this.#deps.secretReader ??
           new KubeSecretReader(c.kubeconfigPath ? { kubeconfigPath: c.kubeconfigPath } : {}),
+        { credentialsNamespace: c.pullCredentialsNamespace },
       );
       // A client per job so one job's secrets never serve another's pulls; it shares the
       // node's connection pool (and metering) and closes without closing the pool.
-      warmerFor = async (pullSecrets) => {
-        const jobCredentials = await resolver.credentials(pullSecrets);
+      warmerFor = async (pullSecrets, job) => {
+        const jobCredentials = await resolver.credentials(pullSecrets, job);
         const jobClient = new RegistryClient({
           credentials: new ChainedCredentials([jobCredentials, credentials]),
           egress,

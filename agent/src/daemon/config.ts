@@ -343,8 +343,19 @@ export const AGENT_SETTINGS = {
     env: 'KUBE_PREWARM_READ_PULL_SECRETS',
     default: 'false',
     description:
-      "Read the dockerconfigjson Secrets a job names (`pullSecrets`) through the Kubernetes API and use them for that job; needs RBAC `get` on secrets (chart: `agent.rbac.readPullSecrets`). Off: a job's `pullSecrets` are ignored (logged) and only the node-wide credentials are used.",
+      "Read the dockerconfigjson Secrets a job names (`pullSecrets`: the operator's copies in KUBE_PREWARM_PULL_CREDENTIALS_NAMESPACE, or Secrets of the job owners' namespaces) through the Kubernetes API and use them for that job; needs RBAC `get` on secrets there (chart: `agent.rbac.readPullSecrets`). Off: a job's `pullSecrets` are ignored (logged) and only the node-wide credentials are used.",
     parse: bool,
+  }),
+  pullCredentialsNamespace: setting({
+    env: 'KUBE_PREWARM_PULL_CREDENTIALS_NAMESPACE',
+    default: '',
+    description:
+      "Namespace of the operator's per-ImagePrewarm pull-credential copies (chart: agent.rbac.pullCredentials.namespace); a job's reference there is used only when the copy was made for one of the job's owners, for the job's registry, and has not expired. Empty: a job may name only Secrets of its owners' namespaces. Either way a reference to another namespace fails the job permanently before anything is read.",
+    parse: (raw: string) => {
+      if (raw !== '' && !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(raw))
+        throw new Error('must be a namespace name');
+      return raw;
+    },
   }),
   kubeconfigPath: setting({
     env: 'KUBE_PREWARM_KUBECONFIG',

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { Digest } from '../../../oci/src/digest.js';
+import type { EgressPolicy } from '../../../oci/src/egress-policy.js';
 import { type ErrorCode, ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import type { PrewarmJobProgress, PrewarmJobResult } from '../../../oci/src/job-contract.js';
 import { formatBytes } from '../cli/format.js';
@@ -12,6 +13,7 @@ import type { LeaseSet } from '../store/leases.js';
 import { type ParsedJob, parseJobData, storedProgress } from './job-data.js';
 import type { AgentMetrics } from './metrics.js';
 import { ProgressReporter } from './progress-reporter.js';
+import type { PullSecretJob } from './pull-secrets.js';
 import type { RuntimeImageService } from './runtime-port.js';
 
 /** Code for failures that are not PrewarmErrors (bugs, unexpected library errors). */
@@ -98,12 +100,22 @@ export interface PrewarmProcessorDeps {
   /** Peers holding blobs, asked before the registry; this node announces what it stores. */
   peerDirectory?: PeerDirectory | undefined;
   /**
+   * The node's egress policy. A job naming a registry it does not allow fails permanently
+   * with PW_ERR_EGRESS_DENIED before anything else happens: no pull secret is read and no
+   * connection made for it. Jobs arrive through Redis, which every agent can write
+   * (docs/security.md, Redis), so this is checked here and not only by the registry client.
+   */
+  egress?: EgressPolicy | undefined;
+  /**
    * A warmer for a job that names pull secrets (`namespace/name`), whose registry client
    * tries those secrets' credentials before the node-wide ones; `close` releases it after
-   * the job. Throws PW_ERR_AUTH_FAILED (`pull secret <ns>/<name>: ...`) when a secret
-   * cannot be used. Absent (reading secrets disabled): a job's `pullSecrets` are ignored.
+   * the job. `job` (owners, registry) is what the references are checked against: a Secret
+   * of a namespace none of the owners is in, or a copy made for someone else, is refused
+   * before anything is read. Throws PW_ERR_AUTH_FAILED (`pull secret <ns>/<name>: ...`,
+   * permanent) when a secret is refused or cannot be used. Absent (reading secrets
+   * disabled): a job's `pullSecrets` are ignored.
    */
-  warmerFor?: (pullSecrets: readonly string[]) => Promise<JobWarmer>;
+  warmerFor?: (pullSecrets: readonly string[], job: PullSecretJob) => Promise<JobWarmer>;
 }
 
 /** A warmer scoped to one job (see `PrewarmProcessorDeps.warmerFor`). */
@@ -143,6 +155,11 @@ export class PrewarmProcessor {
   async process(job: PrewarmJobHandle, signal: AbortSignal): Promise<PrewarmJobResult> {
     const parsed = this.parse(job.data);
     const { data } = parsed;
+    try {
+      this.#deps.egress?.assertRegistry(parsed.ref.registry);
+    } catch (err) {
+      throw classifyFailure(err);
+    }
     const log = this.#deps.logger.child({
       job: job.id,
       image: `${data.repository}@${data.digest}`,
@@ -169,7 +186,10 @@ export class PrewarmProcessor {
       if (pullSecrets.length > 0 && this.#deps.warmerFor) {
         // Names only: secret contents never reach a log.
         log.debug({ pullSecrets }, 'using pull secrets for this job');
-        jobWarmer = await this.#deps.warmerFor(pullSecrets);
+        jobWarmer = await this.#deps.warmerFor(pullSecrets, {
+          owners: data.owners,
+          registry: parsed.ref.registry,
+        });
       } else if (pullSecrets.length > 0) {
         log.warn(
           { pullSecrets },

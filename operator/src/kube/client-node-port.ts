@@ -11,6 +11,7 @@ import {
 } from '@kubernetes/client-node';
 import { readSecretData, type SecretData } from '../../../oci/src/kube-secret.js';
 import { GROUP, type ImagePrewarm, PLURAL, VERSION } from '../api/types.js';
+import type { ManagedSecret, NewManagedSecret } from '../credentials/pull-credentials.js';
 import { type NodeView, nodeView } from '../reconcile/nodes.js';
 import { type ListPage, ListWatchCache, type ListWatchLogger } from './list-watch.js';
 import { apiStatus, type KubePort } from './port.js';
@@ -103,6 +104,52 @@ export class ClientNodePort implements KubePort {
 
   readSecret(namespace: string, name: string): Promise<SecretData | undefined> {
     return readSecretData(() => this.#core.readNamespacedSecret({ namespace, name }));
+  }
+
+  async listSecrets(namespace: string, labelSelector: string): Promise<ManagedSecret[]> {
+    const out: ManagedSecret[] = [];
+    let cont: string | undefined;
+    do {
+      const page = await this.#core.listNamespacedSecret({
+        namespace,
+        labelSelector,
+        limit: 500,
+        ...(cont ? { _continue: cont } : {}),
+      });
+      for (const s of page.items) {
+        const data: Record<string, Buffer> = {};
+        for (const [k, v] of Object.entries(s.data ?? {})) data[k] = Buffer.from(v, 'base64');
+        out.push({
+          name: s.metadata?.name ?? '',
+          type: s.type ?? 'Opaque',
+          data,
+          labels: s.metadata?.labels ?? {},
+          annotations: s.metadata?.annotations ?? {},
+        });
+      }
+      cont = page.metadata?._continue || undefined;
+    } while (cont);
+    return out;
+  }
+
+  async createSecret(namespace: string, secret: NewManagedSecret): Promise<void> {
+    await this.#core.createNamespacedSecret({
+      namespace,
+      body: {
+        metadata: { name: secret.name, labels: secret.labels, annotations: secret.annotations },
+        type: secret.type,
+        immutable: true,
+        data: Object.fromEntries(Object.entries(secret.data).map(([k, v]) => [k, v.toString('base64')])),
+      },
+    });
+  }
+
+  async deleteSecret(namespace: string, name: string): Promise<void> {
+    try {
+      await this.#core.deleteNamespacedSecret({ namespace, name });
+    } catch (err) {
+      if (apiStatus(err) !== 404) throw err;
+    }
   }
 
   async readLease(namespace: string, name: string): Promise<V1Lease | undefined> {

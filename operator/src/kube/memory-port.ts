@@ -5,6 +5,7 @@
  */
 import type { V1Lease, V1Node, V1Taint } from '@kubernetes/client-node';
 import type { ImagePrewarm } from '../api/types.js';
+import type { ManagedSecret, NewManagedSecret } from '../credentials/pull-credentials.js';
 import { type NodeView, nodeView } from '../reconcile/nodes.js';
 import type { KubePort, WatchedCache } from './port.js';
 
@@ -193,6 +194,26 @@ export class MemoryKubePort implements KubePort {
     return this.secrets.get(`${namespace}/${name}`);
   }
 
+  /** Secrets created through `createSecret` (the pull-credential copies), by `namespace/name`. */
+  readonly managedSecrets = new Map<string, ManagedSecret>();
+
+  async listSecrets(namespace: string, labelSelector: string): Promise<ManagedSecret[]> {
+    const [key, value] = labelSelector.split('=');
+    return [...this.managedSecrets.entries()]
+      .filter(([k, s]) => k.startsWith(`${namespace}/`) && key !== undefined && s.labels[key] === value)
+      .map(([, s]) => copySecret(s));
+  }
+
+  async createSecret(namespace: string, secret: NewManagedSecret): Promise<void> {
+    const key = `${namespace}/${secret.name}`;
+    if (this.managedSecrets.has(key)) throw Object.assign(new Error('exists'), { code: 409 });
+    this.managedSecrets.set(key, copySecret(secret));
+  }
+
+  async deleteSecret(namespace: string, name: string): Promise<void> {
+    this.managedSecrets.delete(`${namespace}/${name}`);
+  }
+
   async readLease(namespace: string, name: string): Promise<V1Lease | undefined> {
     const l = this.leases.get(`${namespace}/${name}`);
     return l ? structuredClone(l) : undefined;
@@ -216,4 +237,14 @@ export class MemoryKubePort implements KubePort {
     this.leases.set(key, stored);
     return structuredClone(stored);
   }
+}
+
+/** A deep copy whose data stays Buffers (structuredClone would make them Uint8Arrays). */
+function copySecret(s: ManagedSecret): ManagedSecret {
+  return {
+    ...s,
+    data: Object.fromEntries(Object.entries(s.data).map(([k, v]) => [k, Buffer.from(v)])),
+    labels: { ...s.labels },
+    annotations: { ...s.annotations },
+  };
 }

@@ -6,6 +6,7 @@
 import type { V1Lease, V1Taint } from '@kubernetes/client-node';
 import { kubeApiStatus, type SecretData } from '../../../oci/src/kube-secret.js';
 import type { ImagePrewarm } from '../api/types.js';
+import type { CredentialSecretsPort } from '../credentials/pull-credentials.js';
 import type { NodeView } from '../reconcile/nodes.js';
 
 /** A watched, cached collection (an informer). */
@@ -30,7 +31,7 @@ export interface ApiError extends Error {
 /** The API server's HTTP status of an error (kubeApiStatus, shared with the agent). */
 export const apiStatus = kubeApiStatus;
 
-export interface KubePort {
+export interface KubePort extends CredentialSecretsPort {
   readonly prewarms: WatchedCache<ImagePrewarm>;
   /** Nodes, projected to what selection needs (see `nodeView`). */
   readonly nodes: WatchedCache<NodeView>;

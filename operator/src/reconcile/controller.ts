@@ -31,6 +31,12 @@ import {
   REFRESH_ANNOTATION,
   type TriggerRecord,
 } from '../api/types.js';
+import {
+  type CredentialCopy,
+  desiredCopy,
+  type PullCredentialIssuer,
+  repointJobs,
+} from '../credentials/pull-credentials.js';
 import { apiStatus, type KubePort } from '../kube/port.js';
 import { errFields, type Logger } from '../logger.js';
 import type { OperatorMetrics } from '../metrics.js';
@@ -48,6 +54,16 @@ import {
 import { matchPush, type PushEventLike } from './push-match.js';
 import { advance, pinnedDigests } from './retention.js';
 import { evaluateSchedule } from './schedule.js';
+import {
+  gateNodesAllowed,
+  gateNodesRefusal,
+  OPEN_POLICY,
+  pinnedQuotaFor,
+  type QuotaEntry,
+  quotaKey,
+  quotaRefusals,
+  type TenancyPolicy,
+} from './tenancy.js';
 import { WorkQueue } from './work-queue.js';
 
 export interface ControllerOptions extends PlanOptions {
@@ -63,6 +79,8 @@ export interface ControllerOptions extends PlanOptions {
   resolveRetryMs?: number;
   /** Push events older than this are ignored. Default 1 h. */
   maxPushAgeMs?: number;
+  /** Which namespaces may gate nodes, and their pinned-image quotas (tenancy.ts). Default: no restriction. */
+  policy?: TenancyPolicy;
 }
 
 interface PendingTrigger {
@@ -91,7 +109,10 @@ export class PrewarmController {
   readonly #resolver: Resolver;
   readonly #metrics: OperatorMetrics;
   readonly #log: Logger;
-  readonly #opts: Required<Omit<ControllerOptions, 'pullSecrets' | 'registryMaxInFlight'>> & {
+  readonly #policy: TenancyPolicy;
+  /** Per-ImagePrewarm pull-credential copies for the agents; absent: jobs name the Secrets. */
+  readonly #pull: PullCredentialIssuer | undefined;
+  readonly #opts: Required<Omit<ControllerOptions, 'pullSecrets' | 'registryMaxInFlight' | 'policy'>> & {
     registryMaxInFlight: Record<string, number>;
   };
   #queue = new WorkQueue();
@@ -109,7 +130,14 @@ export class PrewarmController {
   #startedAt = 0;
 
   constructor(
-    deps: { kube: KubePort; jobs: JobQueue; resolver: Resolver; metrics: OperatorMetrics; log: Logger },
+    deps: {
+      kube: KubePort;
+      jobs: JobQueue;
+      resolver: Resolver;
+      metrics: OperatorMetrics;
+      log: Logger;
+      pullCredentials?: PullCredentialIssuer;
+    },
     opts: Partial<ControllerOptions> = {},
   ) {
     this.#kube = deps.kube;
@@ -117,6 +145,8 @@ export class PrewarmController {
     this.#resolver = deps.resolver;
     this.#metrics = deps.metrics;
     this.#log = deps.log;
+    this.#policy = opts.policy ?? OPEN_POLICY;
+    this.#pull = deps.pullCredentials;
     this.#opts = {
       concurrency: opts.concurrency ?? 4,
       resyncMs: opts.resyncMs ?? 300_000,
@@ -151,6 +181,7 @@ export class PrewarmController {
     this.#startedAt = Date.now();
     // Another replica may have led meanwhile: cached job states are suspect.
     this.#jobs.invalidate();
+    this.#pull?.reset();
     this.#queue = new WorkQueue();
     const resync = setInterval(() => this.#enqueueAll(), this.#opts.resyncMs);
     resync.unref();
@@ -182,6 +213,100 @@ export class PrewarmController {
   #enqueueAll(): void {
     for (const p of this.#kube.prewarms.list()) this.#queue.add(P + prewarmKey(p));
     for (const n of this.#kube.nodes.list()) if (n.gated) this.#queue.add(N + n.name);
+    if (this.#pull) void this.#sweepCredentials();
+  }
+
+  /** Deletes pull-credential copies whose ImagePrewarm is gone (a crash before its finalizer ran). */
+  async #sweepCredentials(): Promise<void> {
+    try {
+      const live = new Set(this.#kube.prewarms.list().map((p) => p.metadata.uid));
+      const n = await this.#pull!.sweep(live);
+      if (n > 0) this.#log.info({ copies: n }, 'pull-credential copies of deleted ImagePrewarms removed');
+    } catch (err) {
+      this.#log.warn(errFields(err), 'pull-credential sweep failed; retried at the next resync');
+    }
+  }
+
+  /** Enqueues the other ImagePrewarms of `namespace` (their quota admission may have changed). */
+  #enqueueNamespace(namespace: string, except: string): void {
+    for (const o of this.#kube.prewarms.list())
+      if (o.metadata.namespace === namespace && prewarmKey(o) !== except) this.#queue.add(P + prewarmKey(o));
+  }
+
+  /**
+   * The namespace's image entries for its pinned-image quota: this ImagePrewarm's with the
+   * sizes just read (or, for an unchanged digest whose size could not be read now, the
+   * last known), the others' from their status (what their own reconciles computed).
+   */
+  #quotaEntries(cr: ImagePrewarm, images: readonly ResolvedImage[]): QuotaEntry[] {
+    const key = prewarmKey(cr);
+    const created = (p: ImagePrewarm) => Date.parse(p.metadata.creationTimestamp ?? '') || 0;
+    const known = new Map((cr.status?.images ?? []).map((s) => [s.name, s] as const));
+    const out: QuotaEntry[] = images.map((img, index) => {
+      const sizes = Object.values(img.current?.bytesByPlatform ?? {});
+      const last = known.get(img.name);
+      const bytes =
+        sizes.length > 0
+          ? Math.max(...sizes)
+          : last?.digest === img.current?.digest
+            ? last?.bytes
+            : undefined;
+      return {
+        prewarm: key,
+        created: created(cr),
+        index,
+        name: img.name,
+        ...(img.current ? { digest: img.current.digest } : {}),
+        ...(bytes !== undefined ? { bytes } : {}),
+      };
+    });
+    for (const o of this.#kube.prewarms.list()) {
+      if (o.metadata.namespace !== cr.metadata.namespace || prewarmKey(o) === key) continue;
+      if (o.metadata.deletionTimestamp) continue;
+      const order = (o.spec?.images ?? []).map(imageName);
+      for (const s of o.status?.images ?? []) {
+        const index = order.indexOf(s.name);
+        if (index < 0) continue;
+        out.push({
+          prewarm: prewarmKey(o),
+          created: created(o),
+          index,
+          name: s.name,
+          ...(s.digest ? { digest: s.digest } : {}),
+          ...(s.bytes !== undefined ? { bytes: s.bytes } : {}),
+        });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * The pull-secret references this ImagePrewarm's jobs carry: with the issuer, its one
+   * pull-credential copy (made now if needed; problems when that fails) plus what
+   * repointing and collection need; without, its Secrets as `namespace/name`.
+   */
+  async #pullSecrets(
+    cr: ImagePrewarm,
+    owner: PrewarmOwnerRef,
+    creds: Credentials | undefined,
+    images: readonly ResolvedImage[],
+    problems: { reason: string; message: string }[],
+  ): Promise<{ refs: string[]; ownRefs: Set<string>; stale: CredentialCopy[]; managed: boolean }> {
+    const names = (cr.spec.pullSecrets ?? []).map((s) => `${cr.metadata.namespace}/${s.name}`);
+    if (!this.#pull) return { refs: names, ownRefs: new Set(), stale: [], managed: false };
+    try {
+      const want = desiredCopy(
+        creds?.provider,
+        images.filter((i) => !i.blocked).map((i) => i.registry),
+      );
+      return { ...(await this.#pull.ensure(owner, want)), managed: true };
+    } catch (err) {
+      problems.push({
+        reason: 'PullCredentialsFailed',
+        message: `cannot copy the pull credentials for the agents into namespace ${this.#pull.namespace}: ${(err as Error).message}`,
+      });
+      return { refs: [], ownRefs: new Set(), stale: [], managed: false };
+    }
   }
 
   /**
@@ -398,6 +523,19 @@ export class PrewarmController {
       });
     }
 
+    // Tenancy policy (tenancy.ts): gating only where allowed; pinned bytes within the quota.
+    const gateAllowed = gateNodesAllowed(this.#policy, namespace);
+    if (spec.startup?.gateNodes === true && !gateAllowed) problems.push(gateNodesRefusal(namespace));
+    const quota = pinnedQuotaFor(this.#policy, namespace);
+    if (quota > 0) {
+      const refused = quotaRefusals(this.#quotaEntries(cr, images), quota);
+      for (const img of images) {
+        const r = refused.get(quotaKey(key, img.name));
+        if (r) img.blocked = r;
+      }
+    }
+    const pull = await this.#pullSecrets(cr, owner, creds, images, problems);
+
     // Entries removed from the spec: everything they pinned is dropped.
     const specNames = new Set(spec.images.map(imageName));
     const removed: Digest[] = [];
@@ -411,7 +549,8 @@ export class PrewarmController {
     const p = plan({
       owner,
       generation: cr.metadata.generation ?? 0,
-      spec,
+      // A refused gating ImagePrewarm is planned as one that does not gate.
+      spec: gateAllowed ? spec : { ...spec, startup: { ...spec.startup, gateNodes: false } },
       status,
       images,
       nodes,
@@ -424,7 +563,7 @@ export class PrewarmController {
         failedRetryAfterMs: this.#opts.failedRetryAfterMs,
         maxFailingNodes: this.#opts.maxFailingNodes,
         progressPollMs: this.#opts.progressPollMs,
-        pullSecrets: (spec.pullSecrets ?? []).map((s) => `${namespace}/${s.name}`),
+        pullSecrets: pull.refs,
       },
     });
 
@@ -443,6 +582,12 @@ export class PrewarmController {
     });
     await this.#sweepOrphans();
     await eachLimited(p.addOwner, MUTATION_CONCURRENCY, (ref) => this.#jobs.addOwner(ref, owner));
+    // Before retries: a failed job is retried with the current pull-credential copy.
+    if (pull.managed) {
+      const planned = new Set(p.update.map((u) => u.jobId));
+      const repoint = repointJobs(owner, jobs, pull.refs, pull.ownRefs, planned);
+      await eachLimited(repoint, MUTATION_CONCURRENCY, (u) => this.#jobs.updateSettings(u, u.settings));
+    }
     await eachLimited(p.retry, MUTATION_CONCURRENCY, (ref) => this.#jobs.retry(ref));
     if (p.update.length > 0) {
       await eachLimited(p.update, MUTATION_CONCURRENCY, (u) => this.#jobs.updateSettings(u, u.settings));
@@ -460,6 +605,10 @@ export class PrewarmController {
     };
     if (schedule.kind !== 'valid') delete newStatus.nextScheduleTime;
     await this.#writeStatus(key, cr, newStatus);
+    if (pull.managed) await this.#pull!.collect(owner.uid, pull.stale, jobs);
+    // Sizes moved: the namespace's other entries may be in or out of its quota now.
+    const sizes = (s: ImagePrewarmStatus) => JSON.stringify((s.images ?? []).map((i) => [i.digest, i.bytes]));
+    if (quota > 0 && sizes(status) !== sizes(newStatus)) this.#enqueueNamespace(namespace, key);
 
     // Triggers are consumed only once their resolution made it into the status.
     const left = this.#triggers.get(key);
@@ -531,6 +680,8 @@ export class PrewarmController {
     const names = (cr.spec.pullSecrets ?? []).map((s) => s.name);
     if (names.length === 0) return undefined;
     const merged = new StaticCredentials();
+    // The first listed Secret wins for a registry, as on the agents.
+    const parsed: StaticCredentials[] = [];
     const hash = createHash('sha256');
     for (const n of names) {
       const secret = await this.#kube.readSecret(cr.metadata.namespace, n);
@@ -543,7 +694,7 @@ export class PrewarmController {
         continue;
       }
       try {
-        merged.merge(parseDockerConfig(raw.toString('utf8')));
+        parsed.push(parseDockerConfig(raw.toString('utf8')));
         hash.update(n).update(raw);
       } catch (err) {
         problems.push({
@@ -552,6 +703,7 @@ export class PrewarmController {
         });
       }
     }
+    for (const c of parsed.reverse()) merged.merge(c);
     return merged.size > 0 ? { fingerprint: hash.digest('hex'), provider: merged } : undefined;
   }
 
@@ -658,6 +810,10 @@ export class PrewarmController {
       if (outcome === 'removed') removed++;
       if (outcome === 'active-orphan') this.#orphans.set(ref.jobId, ref);
     });
+    // Its pull-credential copies go with it (before the finalizer: a failure retries).
+    await this.#pull?.removeAll(owner.uid);
+    if (pinnedQuotaFor(this.#policy, cr.metadata.namespace) > 0)
+      this.#enqueueNamespace(cr.metadata.namespace, key);
     await this.#kube.setPrewarmFinalizers(
       cr.metadata.namespace,
       cr.metadata.name,
@@ -709,6 +865,8 @@ export class PrewarmController {
     const gating = this.#kube.prewarms
       .list()
       .filter((p) => p.spec?.startup?.gateNodes === true && !p.metadata.deletionTimestamp)
+      // A namespace the policy does not let gate holds no node.
+      .filter((p) => gateNodesAllowed(this.#policy, p.metadata.namespace))
       .filter((p) => {
         const why = exclusion(p.spec, view);
         return why === undefined || why === 'cordoned';

@@ -98,6 +98,11 @@ export interface ResolvedImage {
   waiting?: { reason: string; message: string };
   /** `platforms` filter from the spec entry. */
   platformFilter?: string[];
+  /**
+   * Refused by the tenancy policy (`QuotaExceeded`, tenancy.ts): the entry is neither
+   * warmed nor pinned (jobs it owns for it are unpinned) and the status says why.
+   */
+  blocked?: { reason: string; message: string };
 }
 
 export interface PlanInput {
@@ -316,7 +321,7 @@ export function plan(input: PlanInput): Plan {
   for (const node of gatedFirst) {
     const wants: Want[] = [];
     for (const img of input.images) {
-      if (!img.current) continue;
+      if (!img.current || img.blocked) continue;
       if (!platformAllowed(img.platformFilter, node.platform)) continue;
       const created = input.nodeCreatedAt?.get(node.name);
       // onNodeJoin=false: nodes that appeared after the digest was resolved are left alone.
@@ -493,6 +498,7 @@ export function plan(input: PlanInput): Plan {
   const keptIds = new Set<string>(wantedIds);
   const targetedNames = new Set(targeted.map((n) => n.name));
   for (const img of input.images) {
+    if (img.blocked) continue;
     for (const p of img.previous) {
       for (const name of targetedNames) keptIds.add(prewarmJobId(p.digest as Digest, name, mode));
     }
@@ -551,10 +557,12 @@ export function plan(input: PlanInput): Plan {
   const failedCount = [...nodeWarmth.values()].filter((w) => w === 'failed').length;
   const unresolved = input.images.filter((i) => !i.current);
   const resolveErrors = input.images.filter((i) => i.error);
+  const blocked = input.images.filter((i) => i.blocked && i.current);
 
   const problems: { reason: string; message: string }[] = [];
   for (const i of resolveErrors)
     problems.push({ reason: i.error!.reason, message: `${i.name}: ${i.error!.message}` });
+  for (const i of blocked) problems.push(i.blocked!);
   if (failedCount > 0) {
     const sample = [...failingNodeNames].slice(0, 3).join(', ');
     problems.push({
@@ -585,7 +593,8 @@ export function plan(input: PlanInput): Plan {
     anyInFlight || enqueue.length > 0 || (warmNodes < targetNodes && failedCount < targetNodes - warmNodes);
   let readyReason: string;
   let readyMessage: string;
-  const ready = unresolved.length === 0 && warmNodes === targetNodes && failedCount === 0;
+  const ready =
+    unresolved.length === 0 && blocked.length === 0 && warmNodes === targetNodes && failedCount === 0;
   if (ready) {
     readyReason = targetNodes === 0 ? 'NoTargetNodes' : 'AllNodesWarm';
     readyMessage =
@@ -596,6 +605,9 @@ export function plan(input: PlanInput): Plan {
     const first = unresolved[0]!;
     readyReason = first.error?.reason ?? first.waiting?.reason ?? 'Resolving';
     readyMessage = `${first.name}: ${first.error?.message ?? first.waiting?.message ?? 'resolving'}`;
+  } else if (blocked.length > 0) {
+    readyReason = blocked[0]!.blocked!.reason;
+    readyMessage = blocked.map((i) => i.blocked!.message).join('; ');
   } else if (failedCount > 0 && !progressing) {
     readyReason = 'NodesFailing';
     readyMessage = `${warmNodes}/${targetNodes} nodes warm, ${failedCount} failed`;
