@@ -196,6 +196,13 @@ export const SETTINGS = {
     description: 'A job that failed all its attempts is retried this long after it failed.',
     parse: int(1_000),
   },
+  maxGateDeadlineMs: {
+    env: 'KUBE_PREWARM_MAX_GATE_DEADLINE_MS',
+    default: 3_600_000,
+    description:
+      "Longest any ImagePrewarm may hold a node's startup taint (kube-prewarm.io/warming), counted from the Node's creation: caps startup.gateDeadlineSeconds, and after it the taint is removed whatever the ImagePrewarms report (fail open).",
+    parse: int(10_000),
+  },
   maxInFlightJobs: {
     env: 'KUBE_PREWARM_MAX_INFLIGHT_JOBS',
     default: 10_000,

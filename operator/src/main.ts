@@ -54,6 +54,7 @@ async function main(): Promise<void> {
         resyncMs: cfg.resyncMs,
         progressPollMs: cfg.progressPollMs,
         failedRetryAfterMs: cfg.failedRetryAfterMs,
+        maxGateDeadlineMs: cfg.maxGateDeadlineMs,
         maxInFlightJobs: cfg.maxInFlightJobs,
         registryMaxInFlight: cfg.registryMaxInFlight,
         policy: {

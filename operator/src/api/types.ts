@@ -25,6 +25,13 @@ export const REFRESH_ANNOTATION = 'prewarm.kube-prewarm.io/refresh';
 export const STARTUP_TAINT_KEY = 'kube-prewarm.io/warming';
 export const STARTUP_TAINT_EFFECT = 'NoSchedule';
 
+/**
+ * How long a gating ImagePrewarm holds a node's startup taint, counted from the Node's
+ * creation, when `startup.gateDeadlineSeconds` is not set. After it the taint is removed
+ * even if the images are not warm (fail open: a broken prewarm must not block a node pool).
+ */
+export const DEFAULT_GATE_DEADLINE_SECONDS = 600;
+
 export interface ImageSpec {
   /** `registry[:port]/path`, no tag or digest. */
   repository: string;
@@ -64,7 +71,12 @@ export interface ImagePrewarmSpec {
   };
   tolerations?: Toleration[];
   triggers?: { onPush?: boolean; schedule?: string; timeZone?: string; onNodeJoin?: boolean };
-  startup?: { paths?: string[]; gateNodes?: boolean };
+  startup?: {
+    paths?: string[];
+    gateNodes?: boolean;
+    /** Most seconds after a node's creation the startup taint is held (default 600, capped by the operator). */
+    gateDeadlineSeconds?: number;
+  };
   mode?: PrewarmMode;
   rollout?: { maxParallelNodes?: number; maxBandwidthPerNode?: string; deadlineSeconds?: number };
   pullSecrets?: { name: string }[];
@@ -122,6 +134,21 @@ export interface ImageStatus {
   /** Target nodes by the phase of their job for the current digest (what the agents report). */
   nodePhases?: Partial<Record<PrewarmPhase, number>>;
   failingNodes?: FailingNode[];
+  /**
+   * Times the container runtime lost the current digest on a target node after it was
+   * warm (kubelet image GC, containerd pruning) and the agent re-imported it, summed over
+   * the target nodes (`unpack` mode; the agents' `evictions`).
+   */
+  rewarms?: number;
+}
+
+/** A node whose startup taint this ImagePrewarm stopped holding at its gate deadline. */
+export interface ExpiredGate {
+  node: string;
+  /** When the deadline passed (RFC 3339). */
+  time: string;
+  /** What was still missing, e.g. the node's phase or the agent's error. */
+  message: string;
 }
 
 export interface ImagePrewarmStatus {
@@ -137,6 +164,12 @@ export interface ImagePrewarmStatus {
   nextScheduleTime?: string;
   conditions?: Condition[];
   images?: ImageStatus[];
+  /**
+   * Target nodes released by the gate deadline (`startup.gateDeadlineSeconds`) before
+   * every current digest was warm there; an entry stays until the node is warm or no
+   * longer targeted.
+   */
+  expiredGates?: ExpiredGate[];
 }
 
 export interface ObjectMeta {

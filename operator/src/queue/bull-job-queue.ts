@@ -352,6 +352,10 @@ export class BullJobQueue implements JobQueue {
     this.#meta.clear();
   }
 
+  forgetFinished(): void {
+    this.#cache.clear();
+  }
+
   async close(): Promise<void> {
     const queues = [...this.#queues.values()];
     this.#queues.clear();
@@ -395,12 +399,16 @@ export function parseJobHash(h: JobHash, meta?: JobMeta): { obs: JobObservation;
     state === 'active' || state === 'pending'
       ? parseJson<PrewarmJobProgress | number>(h.progress)
       : undefined;
+  // A completed job's progress only matters for the runtime re-warm count the agent adds.
+  const done = state === 'completed' ? parseJson<PrewarmJobProgress | number>(h.progress) : undefined;
+  const evictions = typeof done === 'object' && done !== null ? done.evictions : undefined;
   const result = state === 'completed' ? parseJson<PrewarmJobResult>(h.returnvalue) : undefined;
   const obs: JobObservation = {
     state,
     owners: m.owners,
     ...(prog !== undefined && typeof prog === 'object' ? { progress: prog } : {}),
     ...(result ? { result } : {}),
+    ...(typeof evictions === 'number' && Number.isInteger(evictions) && evictions > 0 ? { evictions } : {}),
     ...(state === 'failed' && h.failedReason ? { failedReason: h.failedReason } : {}),
     ...(finished !== undefined ? { finishedOn: finished } : {}),
     ...(m.triggeredAt !== undefined ? { triggeredAt: m.triggeredAt } : {}),

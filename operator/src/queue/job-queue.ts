@@ -55,6 +55,11 @@ export interface JobQueue {
   dropNode(node: string): Promise<void>;
   /** Forgets cached job states (after gaining leadership another replica may have written). */
   invalidate(): void;
+  /**
+   * Forgets cached completed and failed states (not the job data), so the next observation
+   * re-reads them: agents add to a completed job's progress (runtime re-warm counts).
+   */
+  forgetFinished(): void;
   close(): Promise<void>;
 }
 

@@ -42,6 +42,7 @@ import { errFields, type Logger } from '../logger.js';
 import type { OperatorMetrics } from '../metrics.js';
 import type { JobQueue } from '../queue/job-queue.js';
 import type { Credentials, Resolver } from '../resolve/resolver.js';
+import { DEFAULT_MAX_GATE_DEADLINE_MS, type GateState, gateDecision } from './gate.js';
 import { exclusion, isStartupTaint, type NodeView, selectNodes } from './nodes.js';
 import {
   type JobRef,
@@ -120,7 +121,12 @@ export class PrewarmController {
   readonly #gaugeLabels = new Map<string, { namespace: string; prewarm: string; image: string }[]>();
   readonly #triggers = new Map<string, Map<string, PendingTrigger>>();
   readonly #ledger = new Map<string, { byRegistry: Map<string, number>; pending: number; active: number }>();
-  readonly #warmth = new Map<string, { generation: number; nodes: Map<string, NodeWarmth> }>();
+  readonly #warmth = new Map<
+    string,
+    { generation: number; nodes: Map<string, NodeWarmth>; gateExpired: Set<string> }
+  >();
+  /** Gated nodes without a creation time: when this process first saw them gated (gate deadline). */
+  readonly #gatedSeen = new Map<string, number>();
   readonly #written = new Map<string, Written>();
   readonly #resolveFailures = new Map<string, number>();
   readonly #seenCompleted = new Set<string>();
@@ -157,6 +163,7 @@ export class PrewarmController {
       failedRetryAfterMs: opts.failedRetryAfterMs ?? 300_000,
       maxFailingNodes: opts.maxFailingNodes ?? 20,
       progressPollMs: opts.progressPollMs ?? 2_000,
+      maxGateDeadlineMs: opts.maxGateDeadlineMs ?? DEFAULT_MAX_GATE_DEADLINE_MS,
     };
     this.#kube.prewarms.onChange((p) => {
       if (this.#running) this.#queue.add(P + prewarmKey(p));
@@ -183,7 +190,12 @@ export class PrewarmController {
     this.#jobs.invalidate();
     this.#pull?.reset();
     this.#queue = new WorkQueue();
-    const resync = setInterval(() => this.#enqueueAll(), this.#opts.resyncMs);
+    const resync = setInterval(() => {
+      // A full re-read of finished jobs for correctness: agents add to completed jobs'
+      // progress (runtime re-warm counts), which the cached observations do not see.
+      this.#jobs.forgetFinished();
+      this.#enqueueAll();
+    }, this.#opts.resyncMs);
     resync.unref();
     // Orphans are swept on every reconcile too, but none may come once the last
     // ImagePrewarm is gone.
@@ -391,6 +403,8 @@ export class PrewarmController {
     const nodes = this.#kube.nodes.list();
     const nodeCreatedAt = new Map<string, number>();
     for (const n of nodes) if (n.createdAt !== undefined) nodeCreatedAt.set(n.name, n.createdAt);
+    const gatedSince = new Map<string, number>();
+    for (const n of nodes) if (n.gated) gatedSince.set(n.name, this.#gatedSinceOf(n, now));
     const problems: { reason: string; message: string }[] = [];
 
     // Triggers: schedule, refresh annotation, push events (taken now; consumed on success).
@@ -555,6 +569,7 @@ export class PrewarmController {
       images,
       nodes,
       nodeCreatedAt,
+      gatedSince,
       jobs,
       slots: this.#slots(key),
       now,
@@ -564,6 +579,7 @@ export class PrewarmController {
         maxFailingNodes: this.#opts.maxFailingNodes,
         progressPollMs: this.#opts.progressPollMs,
         pullSecrets: pull.refs,
+        maxGateDeadlineMs: this.#opts.maxGateDeadlineMs,
       },
     });
 
@@ -620,12 +636,22 @@ export class PrewarmController {
       if (left.size === 0) this.#triggers.delete(key);
     }
 
-    // Gated nodes this ImagePrewarm targets may be releasable now.
+    // Gated nodes this ImagePrewarm targets may be releasable now (warm, or past the gate
+    // deadline: the status saying so is written above, before the taint can go).
     const prevWarmth = this.#warmth.get(key)?.nodes;
-    this.#warmth.set(key, { generation: cr.metadata.generation ?? 0, nodes: p.nodeWarmth });
+    this.#warmth.set(key, {
+      generation: cr.metadata.generation ?? 0,
+      nodes: p.nodeWarmth,
+      gateExpired: p.gateExpired,
+    });
     for (const n of targeted) {
-      if (n.gated && prevWarmth?.get(n.name) !== p.nodeWarmth.get(n.name)) this.#queue.add(N + n.name);
-      else if (n.gated && p.nodeWarmth.get(n.name) === 'warm') this.#queue.add(N + n.name);
+      if (!n.gated) continue;
+      if (
+        prevWarmth?.get(n.name) !== p.nodeWarmth.get(n.name) ||
+        p.nodeWarmth.get(n.name) === 'warm' ||
+        p.gateExpired.has(n.name)
+      )
+        this.#queue.add(N + n.name);
     }
 
     this.#clearGauges(key);
@@ -852,14 +878,30 @@ export class PrewarmController {
     return undefined;
   }
 
+  /** Since when a gated node is gated: its creation time, else when this process first saw it gated. */
+  #gatedSinceOf(n: NodeView, now: number): number {
+    if (n.createdAt !== undefined) return n.createdAt;
+    let seen = this.#gatedSeen.get(n.name);
+    if (seen === undefined) {
+      seen = now;
+      this.#gatedSeen.set(n.name, seen);
+    }
+    return seen;
+  }
+
   /**
    * A startup-gated node: remove the taint once every ImagePrewarm with
-   * `startup.gateNodes` that targets it reports its current digests warm there. A node no
-   * gating ImagePrewarm targets is released at once (nothing to wait for).
+   * `startup.gateNodes` that targets it reports its current digests warm there, or has
+   * passed its gate deadline on it (fail open; its status says so); in any case once the
+   * operator's cap (`maxGateDeadlineMs`) has passed since the node joined. A node no gating
+   * ImagePrewarm targets is released at once (nothing to wait for). See gate.ts.
    */
   async #reconcileNode(name: string): Promise<number | undefined> {
     const view = this.#kube.nodes.get(name);
-    if (!view?.gated) return undefined;
+    if (!view?.gated) {
+      this.#gatedSeen.delete(name);
+      return undefined;
+    }
     // Only a Ready node is targeted; its readiness change brings the key back.
     if (!view.ready) return undefined;
     const gating = this.#kube.prewarms
@@ -871,20 +913,40 @@ export class PrewarmController {
         const why = exclusion(p.spec, view);
         return why === undefined || why === 'cordoned';
       });
-    for (const p of gating) {
+    const states = gating.map((p) => {
       const w = this.#warmth.get(prewarmKey(p));
-      if (!w || w.generation !== (p.metadata.generation ?? 0)) {
-        this.#queue.add(P + prewarmKey(p));
-        return undefined;
-      }
-      if (w.nodes.get(name) !== 'warm') return undefined;
+      let state: GateState;
+      if (!w || w.generation !== (p.metadata.generation ?? 0)) state = 'unknown';
+      else if (w.nodes.get(name) === 'warm') state = 'warm';
+      else if (w.gateExpired.has(name)) state = 'expired';
+      else state = 'waiting';
+      return { key: prewarmKey(p), state };
+    });
+    const decision = gateDecision({
+      gatedSince: this.#gatedSinceOf(view, Date.now()),
+      now: Date.now(),
+      capMs: this.#opts.maxGateDeadlineMs,
+      gating: states,
+    });
+    if (decision.release === undefined) {
+      for (const key of decision.refresh) this.#queue.add(P + key);
+      return decision.requeueAfterMs;
     }
     const taints = view.taints
       .filter((t) => !isStartupTaint(t))
       .map((t) => ({ key: t.key, effect: t.effect, ...(t.value !== undefined ? { value: t.value } : {}) }));
     await this.#kube.setNodeTaints(name, taints, view.resourceVersion ?? '');
+    this.#gatedSeen.delete(name);
     this.#metrics.gateReleases.inc();
-    this.#log.info({ node: name, gatedBy: gating.map(prewarmKey) }, 'startup taint removed: images warm');
+    const fields = { node: name, gatedBy: gating.map(prewarmKey), notWarm: decision.notWarm };
+    if (decision.release === 'deadline')
+      this.#log.warn(fields, 'startup taint removed: gate deadline passed before the images were warm');
+    else if (decision.release === 'cap')
+      this.#log.warn(
+        { ...fields, capMs: this.#opts.maxGateDeadlineMs },
+        'startup taint removed: the operator-wide gate cap passed',
+      );
+    else this.#log.info(fields, 'startup taint removed: images warm');
     return undefined;
   }
 }

@@ -23,12 +23,14 @@ import type {
   ConditionStatus,
   ConditionType,
   DigestRecord,
+  ExpiredGate,
   FailingNode,
   ImagePrewarmSpec,
   ImagePrewarmStatus,
   ImageStatus,
   TriggerRecord,
 } from '../api/types.js';
+import { gateDeadlineMs } from './gate.js';
 import { type NodeView, platformAllowed, selectNodes } from './nodes.js';
 
 /** What the operator knows about one job (absent from the map: no such job). */
@@ -47,6 +49,8 @@ export interface JobObservation {
   trigger?: string;
   /** The job data's spec-derived settings (undefined: not read). */
   settings?: JobSettings;
+  /** Completed jobs: times the runtime lost the image and the agent re-imported it (progress `evictions`). */
+  evictions?: number;
 }
 
 /** The parts of a job's data that follow the spec after enqueueing (while it is pending). */
@@ -116,6 +120,11 @@ export interface PlanInput {
   nodes: readonly NodeView[];
   /** Node name → creation time (ms), for onNodeJoin=false. */
   nodeCreatedAt?: ReadonlyMap<string, number>;
+  /**
+   * Gated node name → since when it is gated (ms; its creation time), for the gate
+   * deadline. A gated node absent here never expires.
+   */
+  gatedSince?: ReadonlyMap<string, number>;
   /** Observed jobs by job id. */
   jobs: ReadonlyMap<string, JobObservation>;
   /** Free capacity for new jobs: cluster-wide and per registry host (absent host: unlimited). */
@@ -135,6 +144,8 @@ export interface PlanOptions {
   progressPollMs: number;
   /** Dockerconfigjson Secrets as `namespace/name`, passed to agents. */
   pullSecrets?: string[];
+  /** Operator-wide cap on `startup.gateDeadlineSeconds`, ms. Default 1 h. */
+  maxGateDeadlineMs?: number;
 }
 
 export interface JobRef {
@@ -171,6 +182,12 @@ export interface Plan {
   inFlightByRegistry: Map<string, number>;
   /** Targeted nodes and their warmth (every targeted node, gated or not). */
   nodeWarmth: Map<string, NodeWarmth>;
+  /**
+   * Gated targeted nodes this ImagePrewarm no longer holds: not warm, past its gate
+   * deadline (listed in `status.expiredGates` of this plan's status). Empty without
+   * `startup.gateNodes`.
+   */
+  gateExpired: Set<string>;
   /** Newly completed jobs (for the trigger→warm histogram): finishedOn - triggeredAt. */
   completed: {
     jobId: string;
@@ -378,11 +395,18 @@ export function plan(input: PlanInput): Plan {
     phasesByImage.set(image, m);
   };
   const bytesFetchedByImage = new Map<string, number>();
+  const rewarmsByImage = new Map<string, number>();
+  /** Per node not warm: the first thing missing, for the gate deadline's message. */
+  const missingByNode = new Map<string, string>();
+  const noteMissing = (node: string, what: string): void => {
+    if (!missingByNode.has(node)) missingByNode.set(node, what);
+  };
   let anyInFlight = false;
   for (const node of gatedFirst) {
     const wants = wantsByNode.get(node.name) ?? [];
     const misses = missedNodes.has(node.name);
     let nodeState: NodeWarmth = misses ? 'failed' : 'warm';
+    if (misses) noteMissing(node.name, 'PlatformNotFound');
     let nodeInFlight = wants.some((w) => {
       const s = input.jobs.get(w.jobId)?.state;
       return s === 'pending' || s === 'active';
@@ -391,6 +415,7 @@ export function plan(input: PlanInput): Plan {
       const obs = input.jobs.get(w.jobId);
       if (!obs) {
         if (nodeState === 'warm') nodeState = 'pending';
+        noteMissing(node.name, `${w.img.name} queued`);
         if (!nodeInFlight && nodesInFlight >= maxParallel) continue;
         if (clusterSlots <= 0) continue;
         const regSlots = registrySlots.get(w.img.registry);
@@ -447,6 +472,8 @@ export function plan(input: PlanInput): Plan {
       switch (obs.state) {
         case 'completed': {
           warmByImage.set(w.img.name, (warmByImage.get(w.img.name) ?? 0) + 1);
+          if (obs.evictions)
+            rewarmsByImage.set(w.img.name, (rewarmsByImage.get(w.img.name) ?? 0) + obs.evictions);
           const r = obs.result;
           if (r) {
             bytesFetchedByImage.set(
@@ -469,6 +496,7 @@ export function plan(input: PlanInput): Plan {
         case 'failed': {
           nodeState = 'failed';
           const { reason, message } = splitFailure(obs.failedReason);
+          noteMissing(node.name, `${w.img.name} failed: ${reason}: ${message.slice(0, 256)}`);
           const list = failingByImage.get(w.img.name) ?? [];
           list.push({
             node: node.name,
@@ -484,11 +512,18 @@ export function plan(input: PlanInput): Plan {
         }
         default:
           if (nodeState === 'warm') nodeState = 'pending';
+          noteMissing(
+            node.name,
+            `${w.img.name} ${obs.progress?.phase ?? (obs.state === 'pending' ? 'queued' : 'resolving')}`,
+          );
           anyInFlight = true;
       }
     }
     // An image without a digest yet cannot be warm anywhere.
-    if (nodeState === 'warm' && input.images.some((i) => !i.current)) nodeState = 'pending';
+    if (nodeState === 'warm' && input.images.some((i) => !i.current)) {
+      nodeState = 'pending';
+      noteMissing(node.name, `${input.images.find((i) => !i.current)?.name} has no digest yet`);
+    }
     nodeWarmth.set(node.name, nodeState);
   }
 
@@ -516,6 +551,39 @@ export function plan(input: PlanInput): Plan {
       const node = jobNode(jobId);
       if (node !== undefined) addOwner.push({ node, jobId });
     }
+  }
+
+  // Gate deadline (fail open): a gated node not warm this long after it joined is no longer
+  // held by this ImagePrewarm. It is recorded in the status (written before the node
+  // reconcile may act on it) and stays listed until the node is warm or leaves the selection.
+  const gateExpired = new Set<string>();
+  const expiredGates: ExpiredGate[] = [];
+  const gateDeadline = gateDeadlineMs(spec, options.maxGateDeadlineMs);
+  if (spec.startup?.gateNodes === true) {
+    const before = new Map((input.status?.expiredGates ?? []).map((e) => [e.node, e] as const));
+    for (const node of targeted) {
+      if (nodeWarmth.get(node.name) === 'warm') continue;
+      const old = before.get(node.name);
+      let time = old?.time;
+      if (node.gated) {
+        const since = input.gatedSince?.get(node.name);
+        if (since === undefined) continue;
+        const at = since + gateDeadline;
+        if (now < at) {
+          retryAtMin = Math.min(retryAtMin, at);
+          continue;
+        }
+        gateExpired.add(node.name);
+        time ??= iso(at);
+      }
+      if (time === undefined) continue;
+      expiredGates.push({
+        node: node.name,
+        time,
+        message: `not warm ${Math.round(gateDeadline / 1000)}s after joining; startup taint released; missing: ${missingByNode.get(node.name) ?? 'unknown'}`,
+      });
+    }
+    expiredGates.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
   }
 
   // Status.
@@ -546,6 +614,7 @@ export function plan(input: PlanInput): Plan {
       previousDigests: img.previous,
       nodePhases: phasesByImage.get(img.name) ?? {},
       failingNodes: failing.slice(0, options.maxFailingNodes),
+      rewarms: rewarmsByImage.get(img.name) ?? 0,
     };
     return s;
   });
@@ -563,6 +632,13 @@ export function plan(input: PlanInput): Plan {
   for (const i of resolveErrors)
     problems.push({ reason: i.error!.reason, message: `${i.name}: ${i.error!.message}` });
   for (const i of blocked) problems.push(i.blocked!);
+  if (expiredGates.length > 0) {
+    const sample = expiredGates.slice(0, 3).map((e) => `${e.node} (${e.message})`);
+    problems.push({
+      reason: 'GateDeadlineExceeded',
+      message: `gate deadline (${Math.round(gateDeadline / 1000)}s) passed on ${expiredGates.length} node(s) before the images were warm, startup taint released (fail open): ${sample.join('; ')}${expiredGates.length > 3 ? '; ...' : ''}; see status.expiredGates`,
+    });
+  }
   if (failedCount > 0) {
     const sample = [...failingNodeNames].slice(0, 3).join(', ');
     problems.push({
@@ -653,6 +729,8 @@ export function plan(input: PlanInput): Plan {
     conditions,
     images: imageStatuses,
   };
+  if (expiredGates.length > 0) status.expiredGates = expiredGates.slice(0, options.maxFailingNodes);
+  else delete status.expiredGates;
 
   let requeueAfterMs: number | undefined;
   if (progressing || anyInFlight) requeueAfterMs = options.progressPollMs;
@@ -671,6 +749,7 @@ export function plan(input: PlanInput): Plan {
     ...(requeueAfterMs !== undefined ? { requeueAfterMs } : {}),
     inFlightByRegistry,
     nodeWarmth,
+    gateExpired,
     completed,
   };
 }
