@@ -56,7 +56,7 @@ const receiverEnvNames = new Set(Object.values(RECEIVER_SETTINGS).map((s) => s.e
 
 /** Env vars a chart container sets that are not settings themselves (helpers for $(...)). */
 // Variables the chart sets for the runtime rather than for our config modules.
-const HELPER_ENV = new Set(['REDIS_PASSWORD', 'NODE_OPTIONS']);
+const HELPER_ENV = new Set(['REDIS_PASSWORD', 'NODE_OPTIONS', 'NODE_IP']);
 
 const container = (o: K8sObject, name: string) => {
   const c = o.spec.template.spec.containers.find((x: { name: string }) => x.name === name);
@@ -87,7 +87,7 @@ function operatorEnv(objs: K8sObject[], extraSecrets: Record<string, string> = {
 function agentEnv(objs: K8sObject[], extraSecrets: Record<string, string> = {}) {
   const ds = one(objs, 'DaemonSet', '-agent');
   return containerEnv(container(ds, 'agent'), {
-    fields: { 'spec.nodeName': 'node-a.example' },
+    fields: { 'spec.nodeName': 'node-a.example', 'status.hostIP': '10.1.2.3' },
     secrets: secretFacts(objs, extraSecrets),
   });
 }
@@ -379,22 +379,79 @@ describe('RBAC', () => {
     assert.equal(one(objs, 'RoleBinding', '-leader-election').subjects[0].name, `${FULL}-operator`);
   });
 
-  test('agent: no role by default; with readPullSecrets, secrets get and nodes get only', async () => {
+  test('defaults: no cluster-wide Secret access for anyone but the operator, and the operator only gets', async () => {
+    for (const values of [{}, { agent: { rbac: { readPullSecrets: true }, peers: { enabled: true } } }]) {
+      const objs = await render(values);
+      const grants = secretGrants(objs);
+      const clusterWide = grants.filter((g) => g.namespace === '*');
+      assert.deepEqual(
+        clusterWide.map((g) => `${g.subject}: ${g.verbs.join(',')}`),
+        [`ServiceAccount ${NAMESPACE}/${FULL}-operator: get`],
+        `cluster-wide Secret access with ${JSON.stringify(values)}`,
+      );
+      // Namespaced: nothing by default; with readPullSecrets only the copies' namespace.
+      const namespaced = grants.filter((g) => g.namespace !== '*').map((g) => g.namespace);
+      assert.ok(
+        namespaced.every((ns) => ns === `${NAMESPACE}-pull-credentials`),
+        `Secret access in ${namespaced.join(', ')}`,
+      );
+      if (Object.keys(values).length === 0) assert.deepEqual(namespaced, []);
+    }
+  });
+
+  test('agent: no role, no token by default; with readPullSecrets only get on the pull-credentials namespace', async () => {
     const objs = await render();
     assert.equal(objs.filter((o) => o.kind.endsWith('Role') && o.metadata.name.includes('-agent')).length, 0);
+    assert.equal(one(objs, 'DaemonSet').spec.template.spec.automountServiceAccountToken, false);
+    assert.equal(objs.filter((o) => o.kind === 'Namespace').length, 0);
+    assert.equal(loadAgentConfig(agentEnv(objs)).readPullSecrets, false);
+
     const withSecrets = await render({ agent: { rbac: { readPullSecrets: true } } });
-    const roles = withSecrets.filter((o) => o.kind === 'ClusterRole' && o.metadata.name.includes('-agent'));
-    const rules = roles.flatMap((r) => r.rules);
-    assert.ok(allows(rules, '', 'secrets', 'get'));
-    assert.ok(allows(rules, '', 'nodes', 'get'));
-    for (const [res, verb] of [
-      ['secrets', 'list'],
-      ['secrets', 'watch'],
-      ['nodes', 'patch'],
-      ['pods', 'get'],
-    ] as const)
-      assert.ok(!allows(rules, '', res, verb), `agent must not ${verb} ${res}`);
+    const credNs = `${NAMESPACE}-pull-credentials`;
+    assert.equal(
+      withSecrets.filter((o) => o.kind.startsWith('Cluster') && o.metadata.name.includes('-agent')).length,
+      0,
+      'no ClusterRole for the agent (the unused nodes get is gone too)',
+    );
+    const agentRole = withSecrets.find((o) => o.kind === 'Role' && o.metadata.name === `${FULL}-agent`)!;
+    assert.equal(agentRole.metadata.namespace, credNs);
+    assert.deepEqual(agentRole.rules, [{ apiGroups: [''], resources: ['secrets'], verbs: ['get'] }]);
+    const agentBinding = withSecrets.find(
+      (o) => o.kind === 'RoleBinding' && o.metadata.name === `${FULL}-agent`,
+    )!;
+    assert.equal(agentBinding.metadata.namespace, credNs);
+    assert.deepEqual(agentBinding.subjects, [
+      { kind: 'ServiceAccount', name: `${FULL}-agent`, namespace: NAMESPACE },
+    ]);
+    const opRole = withSecrets.find(
+      (o) => o.kind === 'Role' && o.metadata.name === `${FULL}-pull-credentials`,
+    )!;
+    assert.equal(opRole.metadata.namespace, credNs);
+    for (const v of ['get', 'list', 'create', 'delete']) assert.ok(allows(opRole.rules, '', 'secrets', v), v);
+    assert.ok(!allows(opRole.rules, '', 'secrets', 'update'), 'copies are immutable');
+    const ns = one(withSecrets, 'Namespace');
+    assert.equal(ns.metadata.name, credNs);
+    assert.equal(ns.metadata.labels?.['pod-security.kubernetes.io/enforce'], 'restricted');
     assert.equal(one(withSecrets, 'DaemonSet').spec.template.spec.automountServiceAccountToken, true);
+    // Both binaries are told the same namespace.
+    const agentCfg = loadAgentConfig(agentEnv(withSecrets));
+    assert.equal(agentCfg.readPullSecrets, true);
+    assert.equal(agentCfg.pullCredentialsNamespace, credNs);
+    assert.equal(loadOperatorConfig(operatorEnv(withSecrets)).pullCredentialsNamespace, credNs);
+
+    const own = await render({
+      agent: {
+        rbac: { readPullSecrets: true, pullCredentials: { namespace: 'creds', createNamespace: false } },
+      },
+    });
+    assert.equal(own.filter((o) => o.kind === 'Namespace').length, 0);
+    assert.equal(loadAgentConfig(agentEnv(own)).pullCredentialsNamespace, 'creds');
+    assert.match(
+      await renderError({
+        agent: { rbac: { readPullSecrets: true, pullCredentials: { namespace: NAMESPACE } } },
+      }),
+      /must not be the release namespace/,
+    );
   });
 
   test('watchNamespace: namespaced access becomes a Role there; nodes stay cluster-wide', async () => {
@@ -410,14 +467,124 @@ describe('RBAC', () => {
     assert.equal(role?.metadata.namespace, 'team-a');
     assert.ok(allows(role!.rules, 'prewarm.kube-prewarm.io', 'imageprewarms', 'watch'));
     assert.ok(allows(role!.rules, '', 'secrets', 'get'));
+    // The agents' access does not follow watchNamespace: it is the copies' namespace only.
     const agentRole = objs.find((o) => o.kind === 'Role' && o.metadata.name === `${FULL}-agent`);
-    assert.equal(agentRole?.metadata.namespace, 'team-a');
+    assert.equal(agentRole?.metadata.namespace, `${NAMESPACE}-pull-credentials`);
     assert.equal(loadOperatorConfig(operatorEnv(objs)).watchNamespace, 'team-a');
   });
 
   test('rbac.create=false renders no roles or bindings', async () => {
     const objs = await render({ rbac: { create: false } });
     assert.equal(objs.filter((o) => /Role(Binding)?$/.test(o.kind)).length, 0);
+  });
+});
+
+describe('agent peers', () => {
+  test('defaults: no peer listener, env, port, token or Secret', async () => {
+    const objs = await render();
+    const c = container(one(objs, 'DaemonSet'), 'agent');
+    assert.deepEqual(
+      envNames(c).filter((n) => /PEER|NODE_IP/.test(n)),
+      [],
+    );
+    assert.ok(!c.ports.some((p: { name: string }) => p.name === 'peer'));
+    assert.ok(!(c.volumeMounts ?? []).some((m: { name: string }) => m.name === 'peer-token'));
+    assert.equal(all(objs, 'Secret').filter((s) => s.metadata.name.endsWith('-peers')).length, 0);
+    assert.equal(loadAgentConfig(agentEnv(objs)).peerUrl, '');
+  });
+
+  test('enabled: the token Secret is mounted read-only without subPath and named in the env; URL on the node IP', async () => {
+    const objs = await render({ agent: { peers: { enabled: true } } });
+    const ds = one(objs, 'DaemonSet');
+    const c = container(ds, 'agent');
+    const cfg = loadAgentConfig(agentEnv(objs));
+    assert.equal(cfg.peerUrl, 'http://10.1.2.3:5051', 'from the downward API status.hostIP');
+    assert.equal(cfg.peerHost, '10.1.2.3', 'the listener binds the node address only');
+    assert.equal(cfg.peerPort, 5051);
+    const nodeIp = c.env.find((e: { name: string }) => e.name === 'NODE_IP');
+    assert.deepEqual(nodeIp.valueFrom, { fieldRef: { fieldPath: 'status.hostIP' } });
+    assert.ok(
+      envNames(c).indexOf('NODE_IP') < envNames(c).indexOf('KUBE_PREWARM_PEER_URL'),
+      'NODE_IP is defined before $(NODE_IP) is used',
+    );
+    assert.deepEqual(
+      c.ports.find((p: { name: string }) => p.name === 'peer'),
+      { name: 'peer', containerPort: 5051, protocol: 'TCP' },
+    );
+    const mount = c.volumeMounts.find((m: { name: string }) => m.name === 'peer-token');
+    assert.equal(mount.readOnly, true);
+    assert.equal(mount.subPath, undefined, 'no subPath: a rotated token reaches the file');
+    assert.equal(cfg.peerTokenFile, `${mount.mountPath}/token`);
+    const vol = ds.spec.template.spec.volumes.find((v: { name: string }) => v.name === 'peer-token');
+    assert.equal(vol.secret.secretName, `${FULL}-peers`);
+    assert.deepEqual(vol.secret.items, [{ key: 'token', path: 'token' }]);
+    const secret = one(objs, 'Secret', '-peers');
+    const token = Buffer.from(secret.data.token, 'base64').toString();
+    assert.match(token, /^[A-Za-z0-9]{48}$/, 'generated, at least 32 characters');
+    assert.ok(!JSON.stringify(ds).includes(token), 'the token is in no pod spec');
+    // The token is not put in an environment variable of any container.
+    for (const k of ds.spec.template.spec.containers)
+      for (const e of k.env ?? []) assert.ok(!/TOKEN$/.test(e.name) || e.name.endsWith('_FILE'), e.name);
+  });
+
+  test('existingSecret: nothing rendered, that Secret mounted; bad combinations refused', async () => {
+    const objs = await render({
+      agent: { peers: { enabled: true, existingSecret: 'my-peer-token', port: 6061 } },
+    });
+    assert.equal(all(objs, 'Secret').filter((s) => s.metadata.name.endsWith('-peers')).length, 0);
+    const vol = one(objs, 'DaemonSet').spec.template.spec.volumes.find(
+      (v: { name: string }) => v.name === 'peer-token',
+    );
+    assert.equal(vol.secret.secretName, 'my-peer-token');
+    assert.equal(loadAgentConfig(agentEnv(objs)).peerUrl, 'http://10.1.2.3:6061');
+    assert.match(
+      await renderError({
+        agent: { peers: { enabled: true }, hostNetwork: false, mirror: { hostsToml: { install: false } } },
+      }),
+      /agent.peers.enabled needs agent.hostNetwork/,
+    );
+    assert.match(
+      await renderError({ agent: { peers: { enabled: true, port: 5050 } } }),
+      /must differ from agent.mirror.port/,
+    );
+    assert.match(await renderError({ agent: { peers: { enabled: true, port: 0 } } }), /agent\/peers\/port/);
+  });
+});
+
+describe('tenancy policy', () => {
+  test('defaults: no namespace may gate nodes, no pinned-image quota', async () => {
+    const cfg = loadOperatorConfig(operatorEnv(await render()));
+    assert.deepEqual(cfg.gateNodesNamespaces, []);
+    assert.equal(cfg.pinnedQuotaBytes, 0);
+    assert.deepEqual(cfg.pinnedQuotaNamespaces, {});
+  });
+
+  test('values reach the operator as its config reads them', async () => {
+    const objs = await render({
+      operator: {
+        policy: {
+          gateNodesNamespaces: ['ml', 'ci'],
+          pinnedQuota: { default: '50Gi', namespaces: { ml: '200Gi', ci: '0' } },
+        },
+      },
+    });
+    const cfg = loadOperatorConfig(operatorEnv(objs));
+    assert.deepEqual(cfg.gateNodesNamespaces, ['ml', 'ci']);
+    assert.equal(cfg.pinnedQuotaBytes, 50 * 1024 ** 3);
+    assert.deepEqual(cfg.pinnedQuotaNamespaces, { ml: 200 * 1024 ** 3, ci: 0 });
+    assert.deepEqual(
+      loadOperatorConfig(operatorEnv(await render({ operator: { policy: { gateNodesNamespaces: ['*'] } } })))
+        .gateNodesNamespaces,
+      ['*'],
+    );
+    assert.match(
+      await renderError({ operator: { policy: { pinnedQuota: { default: 'lots' } } } }),
+      /pinnedQuota\/default/,
+    );
+    assert.match(
+      await renderError({ operator: { policy: { gateNodesNamespaces: ['Bad_NS'] } } }),
+      /gateNodesNamespaces/,
+    );
   });
 });
 
@@ -877,3 +1044,39 @@ describe('docs/install.md', () => {
     );
   });
 });
+
+/**
+ * Who may do what to Secrets, from the rendered roles and bindings: one entry per
+ * (subject, namespace) with the verbs granted on `secrets` (namespace `*`: cluster-wide,
+ * through a ClusterRoleBinding).
+ */
+function secretGrants(objs: K8sObject[]): { subject: string; namespace: string; verbs: string[] }[] {
+  const out: { subject: string; namespace: string; verbs: string[] }[] = [];
+  const roleOf = (kind: string, name: string, ns?: string) =>
+    objs.find(
+      (o) => o.kind === kind && o.metadata.name === name && (ns === undefined || o.metadata.namespace === ns),
+    );
+  for (const b of objs.filter((o) => o.kind === 'ClusterRoleBinding' || o.kind === 'RoleBinding')) {
+    const ns = b.kind === 'ClusterRoleBinding' ? '*' : (b.metadata.namespace as string);
+    const role =
+      b.roleRef.kind === 'ClusterRole'
+        ? roleOf('ClusterRole', b.roleRef.name)
+        : roleOf('Role', b.roleRef.name, b.metadata.namespace);
+    assert.ok(role, `${b.kind} ${b.metadata.name} refers to a role the chart renders`);
+    const verbs = new Set<string>();
+    for (const r of role.rules ?? [])
+      if (
+        (r.apiGroups ?? []).some((g: string) => g === '' || g === '*') &&
+        (r.resources ?? []).some((x: string) => x === 'secrets' || x === '*')
+      )
+        for (const v of r.verbs) verbs.add(v);
+    if (verbs.size === 0) continue;
+    for (const s of b.subjects ?? [])
+      out.push({
+        subject: `${s.kind} ${s.namespace ?? ''}/${s.name}`,
+        namespace: ns,
+        verbs: [...verbs].sort(),
+      });
+  }
+  return out;
+}
