@@ -111,6 +111,25 @@ export const SETTINGS = {
     description: 'Redis holding the per-node job queues and the push inbox (redis:// or rediss://).',
     parse: redisUrl,
   },
+  redisTlsCaFile: {
+    env: 'KUBE_PREWARM_REDIS_TLS_CA_FILE',
+    default: '',
+    description: "PEM CA bundle a rediss:// server's certificate must chain to. Empty: Node's bundled CAs.",
+    parse: str,
+  },
+  redisTlsCertFile: {
+    env: 'KUBE_PREWARM_REDIS_TLS_CERT_FILE',
+    default: '',
+    description:
+      'PEM client certificate for a rediss:// server that asks for one (with KUBE_PREWARM_REDIS_TLS_KEY_FILE).',
+    parse: str,
+  },
+  redisTlsKeyFile: {
+    env: 'KUBE_PREWARM_REDIS_TLS_KEY_FILE',
+    default: '',
+    description: 'PEM private key of KUBE_PREWARM_REDIS_TLS_CERT_FILE.',
+    parse: str,
+  },
   watchNamespace: {
     env: 'KUBE_PREWARM_WATCH_NAMESPACE',
     default: '',

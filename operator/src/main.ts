@@ -12,6 +12,7 @@ import { loadConfig } from './config.js';
 import { ClientNodePort } from './kube/client-node-port.js';
 import { errFields } from './logger.js';
 import { Operator } from './operator.js';
+import { redisConnectionOptions } from './redis-connection.js';
 import { Resolver } from './resolve/resolver.js';
 import { createWebhookHandler, parseWebhookOptionsFile, RedisDedupStore } from './webhooks/index.js';
 
@@ -23,11 +24,13 @@ async function main(): Promise<void> {
   // In-cluster service account, or $KUBECONFIG / ~/.kube/config outside a cluster.
   kc.loadFromDefault();
 
-  const redis = new Redis(cfg.redisUrl, {
-    maxRetriesPerRequest: null,
-    enableAutoPipelining: true,
-    lazyConnect: false,
-  });
+  const redis = new Redis(
+    redisConnectionOptions(
+      cfg.redisUrl,
+      { caFile: cfg.redisTlsCaFile, certFile: cfg.redisTlsCertFile, keyFile: cfg.redisTlsKeyFile },
+      { maxRetriesPerRequest: null, enableAutoPipelining: true, lazyConnect: false },
+    ),
+  );
   redis.on('error', (err) => log.warn(errFields(err), 'redis connection error'));
 
   const metrics = new Registry();

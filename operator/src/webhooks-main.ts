@@ -16,6 +16,7 @@ import { Registry } from 'prom-client';
 import { OperatorHttpServer } from './http/server.js';
 import { errFields } from './logger.js';
 import { PushInbox } from './queue/push-inbox.js';
+import { redisConnectionOptions } from './redis-connection.js';
 import { ConfigWatcher, configDigest } from './webhooks/config-watcher.js';
 import { createWebhookServer, RedisDedupStore } from './webhooks/index.js';
 import { parseWebhookOptionsFile } from './webhooks/options-file.js';
@@ -27,12 +28,21 @@ async function main(): Promise<void> {
   const options = parseWebhookOptionsFile(text);
   const log = pino({ level: cfg.logLevel, base: { component: 'webhooks-receiver' } });
 
-  const redis = new Redis(cfg.redisUrl, {
-    // Commands wait for a reconnect instead of failing: an accepted event must reach the
-    // stream. What can wait is bounded by maxPendingEvents (beyond it: 503, sender retries).
-    maxRetriesPerRequest: null,
-    enableAutoPipelining: true,
-  });
+  const redis = new Redis(
+    redisConnectionOptions(
+      cfg.redisUrl,
+      { caFile: cfg.redisTlsCaFile, certFile: cfg.redisTlsCertFile, keyFile: cfg.redisTlsKeyFile },
+      {
+        // Commands wait for a reconnect instead of failing: an accepted event must reach the
+        // stream. What can wait is bounded by maxPendingEvents (beyond it: 503, sender retries).
+        maxRetriesPerRequest: null,
+        enableAutoPipelining: true,
+        // The receiver's ACL user may not run INFO (ioredis' ready check); a write while
+        // Redis still loads its AOF fails like one while it is down: 503, the sender retries.
+        enableReadyCheck: false,
+      },
+    ),
+  );
   redis.on('error', (err) => log.warn(errFields(err), 'redis connection error'));
 
   const metrics = new Registry();

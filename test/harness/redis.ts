@@ -1,9 +1,12 @@
 /**
  * A private `redis-server` on 127.0.0.1 for BullMQ/ioredis tests, with its own temp dir.
- * No RDB snapshots; AOF on request (the Redis-restart fault test needs data to survive).
+ * No RDB snapshots; AOF on request (the Redis-restart fault test needs data to survive);
+ * ACL users and TLS on request (the chart's per-role users, rediss:// with a test CA).
  */
-import { connect } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { type ManagedProcess, spawnProcess, waitUntil } from './process.js';
 import { freePort, makeTempDir, removeTempDir } from './tmp.js';
 
@@ -14,14 +17,40 @@ export interface RedisOptions {
   port?: number;
   /** Readiness timeout. Default 20 s. */
   readyTimeoutMs?: number;
+  /**
+   * ACL users, each the tokens of one `user` directive as `redis-server --user` takes them
+   * (`['alice', 'on', '>pw', '~k:*', '+get']`). Give `default` among them to restrict it;
+   * the readiness PING then authenticates as `auth`.
+   */
+  users?: string[][];
+  /** Who the readiness PING authenticates as (needed when `default` cannot PING). */
+  auth?: { username: string; password: string };
+  /**
+   * TLS only (`--port 0 --tls-port <port>`): the server's certificate and key, and the CA
+   * that client certificates must chain to (also what the readiness check trusts).
+   * `clientCert` (+ `clientKey`) is what the readiness check presents when `authClients`
+   * is `yes` (the default is `no`: no client certificate asked for).
+   */
+  tls?: {
+    certFile: string;
+    keyFile: string;
+    caFile: string;
+    authClients?: 'yes' | 'no' | 'optional';
+    clientCert?: string;
+    clientKey?: string;
+  };
+  /** More `redis-server` arguments, appended last. */
+  extraArgs?: string[];
 }
 
 export interface RedisHandle {
   /** `127.0.0.1` */
   host: string;
   port: number;
-  /** `redis://127.0.0.1:<port>` */
+  /** `redis://127.0.0.1:<port>` (`rediss://` with `tls`), no credentials. */
   url: string;
+  /** `url` with `username:password@` (percent-encoded). */
+  urlFor(username: string, password: string): string;
   /** The server's `--dir` (AOF and any dump live here). */
   dir: string;
   logPath: string;
@@ -39,7 +68,8 @@ export interface RedisHandle {
 
 /**
  * Starts `redis-server --port <p> --bind 127.0.0.1 --dir <tmp> --save '' --appendonly no|yes`
- * and resolves once it answers `PING` with `PONG` (not `-LOADING`). Rejects with the log tail
+ * (plus `--user` directives and TLS when asked) and resolves once it answers `PING` with
+ * `PONG` (not `-LOADING`), authenticated as `opts.auth` when given. Rejects with the log tail
  * when it does not come up.
  */
 export async function startRedis(opts: RedisOptions = {}): Promise<RedisHandle> {
@@ -48,8 +78,22 @@ export async function startRedis(opts: RedisOptions = {}): Promise<RedisHandle> 
     const port = opts.port ?? (await freePort());
     const logPath = join(dir, 'redis.log');
     const args = [
-      '--port',
-      String(port),
+      ...(opts.tls
+        ? [
+            '--port',
+            '0',
+            '--tls-port',
+            String(port),
+            '--tls-cert-file',
+            opts.tls.certFile,
+            '--tls-key-file',
+            opts.tls.keyFile,
+            '--tls-ca-cert-file',
+            opts.tls.caFile,
+            '--tls-auth-clients',
+            opts.tls.authClients ?? 'no',
+          ]
+        : ['--port', String(port)]),
       '--bind',
       '127.0.0.1',
       '--dir',
@@ -63,12 +107,15 @@ export async function startRedis(opts: RedisOptions = {}): Promise<RedisHandle> 
       // Log to stdout, which spawnProcess sends to logPath.
       '--logfile',
       '',
+      ...(opts.users ?? []).flatMap((u) => ['--user', ...u]),
+      ...(opts.extraArgs ?? []),
     ];
+    const probe = pingOptions(port, opts);
     let proc: ManagedProcess | undefined;
     const start = async (): Promise<void> => {
       if (proc?.running) return;
       proc = await spawnProcess({ name: `redis 127.0.0.1:${port}`, command: 'redis-server', args, logPath });
-      await waitUntil(`PING on 127.0.0.1:${port}`, () => pingRedis(port), {
+      await waitUntil(`PING on 127.0.0.1:${port}`, () => pingRedis(probe), {
         process: proc,
         timeoutMs: opts.readyTimeoutMs ?? 20_000,
       });
@@ -79,10 +126,13 @@ export async function startRedis(opts: RedisOptions = {}): Promise<RedisHandle> 
       await proc?.kill();
       throw err;
     }
+    const scheme = opts.tls ? 'rediss' : 'redis';
     return {
       host: '127.0.0.1',
       port,
-      url: `redis://127.0.0.1:${port}`,
+      url: `${scheme}://127.0.0.1:${port}`,
+      urlFor: (username, password) =>
+        `${scheme}://${encodeURIComponent(username)}:${encodeURIComponent(password)}@127.0.0.1:${port}`,
       dir,
       logPath,
       get process() {
@@ -109,19 +159,54 @@ export async function startRedis(opts: RedisOptions = {}): Promise<RedisHandle> 
   }
 }
 
-/** One inline `PING`; true on `+PONG`, throws with the reply otherwise (e.g. `-LOADING`). */
-function pingRedis(port: number): Promise<boolean> {
+interface PingOptions {
+  port: number;
+  auth?: { username: string; password: string } | undefined;
+  tls?: { ca: Buffer; cert?: Buffer; key?: Buffer } | undefined;
+}
+
+function pingOptions(port: number, opts: RedisOptions): PingOptions {
+  const t = opts.tls;
+  return {
+    port,
+    auth: opts.auth,
+    tls: t
+      ? {
+          ca: readFileSync(t.caFile),
+          ...(t.clientCert ? { cert: readFileSync(t.clientCert) } : {}),
+          ...(t.clientKey ? { key: readFileSync(t.clientKey) } : {}),
+        }
+      : undefined,
+  };
+}
+
+/** Encodes one command in RESP (credentials may hold any byte). */
+function resp(args: string[]): string {
+  return `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`;
+}
+
+/**
+ * One `PING` (after `AUTH` when credentials are given, over TLS when asked); true on
+ * `+PONG`, throws with the reply otherwise (e.g. `-LOADING`, `-WRONGPASS`).
+ */
+function pingRedis(o: PingOptions): Promise<boolean> {
   return new Promise((resolve, reject) => {
-    const sock = connect({ host: '127.0.0.1', port });
+    const sock: Socket = o.tls
+      ? tlsConnect({ host: '127.0.0.1', port: o.port, servername: 'localhost', ...o.tls })
+      : connect({ host: '127.0.0.1', port: o.port });
+    const request = (o.auth ? resp(['AUTH', o.auth.username, o.auth.password]) : '') + resp(['PING']);
+    const lines = o.auth ? 2 : 1;
     let reply = '';
     sock.setTimeout(2_000, () => sock.destroy(new Error('PING timeout')));
-    sock.once('connect', () => sock.write('PING\r\n'));
+    sock.once(o.tls ? 'secureConnect' : 'connect', () => sock.write(request));
     sock.on('data', (d) => {
       reply += d.toString('latin1');
-      if (!reply.includes('\r\n')) return;
+      const got = reply.split('\r\n').slice(0, -1);
+      if (got.length < lines) return;
       sock.destroy();
-      if (reply.startsWith('+PONG')) resolve(true);
-      else reject(new Error(`PING answered ${reply.trim()}`));
+      if (o.auth && got[0] !== '+OK') reject(new Error(`AUTH answered ${got[0]}`));
+      else if (got[lines - 1]?.startsWith('+PONG')) resolve(true);
+      else reject(new Error(`PING answered ${got[lines - 1]}`));
     });
     sock.once('error', reject);
     sock.once('close', () => reject(new Error('connection closed before PING reply')));

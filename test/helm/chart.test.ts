@@ -38,6 +38,7 @@ import {
   envNames,
   helm,
   type K8sObject,
+  KUBE_VERSION,
   NAMESPACE,
   one,
   RELEASE,
@@ -210,11 +211,13 @@ describe('default values', () => {
     assert.equal(cfg.watchNamespace, '');
     assert.ok(cfg.leaseDurationMs > cfg.renewDeadlineMs && cfg.renewDeadlineMs > cfg.retryPeriodMs);
 
-    // Redis: the password comes from the generated Secret and reaches the URL through $(REDIS_PASSWORD).
+    // Redis: the operator's own ACL user; its password comes from the generated Secret and
+    // reaches the URL through $(REDIS_PASSWORD).
     const redisUrl = new URL(cfg.redisUrl);
     assert.equal(redisUrl.host, `${FULL}-redis.${NAMESPACE}.svc:6379`);
+    assert.equal(redisUrl.username, 'operator');
     const secret = one(objs, 'Secret', '-redis');
-    const password = Buffer.from(secret.data['redis-password'], 'base64').toString();
+    const password = Buffer.from(secret.data['operator-password'], 'base64').toString();
     assert.match(password, /^[A-Za-z0-9]{32}$/);
     assert.equal(redisUrl.password, password);
     assert.ok(!JSON.stringify(dep).includes(password), 'the password is not in the Deployment');
@@ -227,7 +230,7 @@ describe('default values', () => {
       true,
       'the grace period outlasts the graceful shutdown',
     );
-    const pdb = one(objs, 'PodDisruptionBudget');
+    const pdb = one(objs, 'PodDisruptionBudget', '-operator');
     assert.deepEqual(pdb.spec.selector.matchLabels, dep.spec.selector.matchLabels);
   });
 
@@ -304,7 +307,7 @@ describe('default values', () => {
     assert.ok(ds.spec.template.spec.terminationGracePeriodSeconds * 1000 > cfg.shutdownTimeoutMs);
   });
 
-  test('bundled Redis: one replica, AOF on a PVC, noeviction, password from the Secret', async () => {
+  test('bundled Redis: one replica, AOF on a PVC, noeviction, passwords from the Secret', async () => {
     const objs = await render();
     const sts = one(objs, 'StatefulSet', '-redis');
     assert.equal(sts.spec.replicas, 1);
@@ -321,9 +324,9 @@ describe('default values', () => {
         (m: { name: string; mountPath: string }) => m.name === 'data' && m.mountPath === '/data',
       ),
     );
-    assert.deepEqual(c.args.slice(-2), ['--requirepass', '$(REDIS_PASSWORD)']);
-    const pw = c.env.find((e: { name: string }) => e.name === 'REDIS_PASSWORD');
-    assert.deepEqual(pw.valueFrom.secretKeyRef, { name: `${FULL}-redis`, key: 'redis-password' });
+    assert.ok(!c.args.includes('--requirepass'), 'ACL users, not one shared password');
+    const pw = c.env.find((e: { name: string }) => e.name === 'REDIS_AGENT_PASSWORD');
+    assert.deepEqual(pw.valueFrom.secretKeyRef, { name: `${FULL}-redis`, key: 'agent-password' });
     assert.ok(
       c.env.some((e: { name: string }) => e.name === 'REDISCLI_AUTH'),
       'probes authenticate',
@@ -638,6 +641,310 @@ describe('external Redis', () => {
   });
 });
 
+/** The bundled Redis's `--user` directives (its StatefulSet's args): user → the tokens after its name. */
+function redisUsers(objs: K8sObject[]): Map<string, string[]> {
+  const args = container(one(objs, 'StatefulSet', '-redis'), 'redis').args as string[];
+  const users = new Map<string, string[]>();
+  let cur: string[] | undefined;
+  for (let i = 1; i < args.length; i++) {
+    if (args[i] === '--user') {
+      cur = [];
+      users.set(args[++i]!, cur);
+    } else cur?.push(args[i]!);
+  }
+  return users;
+}
+
+/** A user's ACL rules as one string: its tokens after `on >$(…)`. */
+function aclRules(tokens: string[]): string {
+  assert.equal(tokens[0], 'on');
+  assert.match(tokens[1]!, /^>\$\(REDIS_[A-Z]+_PASSWORD\)$/);
+  return tokens.slice(2).join(' ');
+}
+
+describe('Redis: one ACL user per component, protected mode, maxmemory, PDB, stable renders', () => {
+  const withWebhooks = { webhooks: { enabled: true, sources: { distribution: { secrets: [SECRET_A] } } } };
+  const receiverEnvOf = (objs: K8sObject[], extra: Record<string, string> = {}) =>
+    containerEnv(container(one(objs, 'Deployment', '-webhooks'), 'webhooks'), {
+      fields: {},
+      secrets: secretFacts(objs, extra),
+    });
+  const redisConf = (objs: K8sObject[]) => one(objs, 'ConfigMap', '-redis').data['redis.conf'] as string;
+
+  test('each component connects as its own user, with the password Redis defines that user with', async () => {
+    const objs = await render(withWebhooks);
+    const users = redisUsers(objs);
+    assert.deepEqual([...users.keys()], ['operator', 'agent', 'webhooks']);
+    const redis = container(one(objs, 'StatefulSet', '-redis'), 'redis');
+    const redisEnv = containerEnv(redis, { fields: {}, secrets: secretFacts(objs) });
+    const urls: Record<string, string> = {
+      operator: loadOperatorConfig(operatorEnv(objs)).redisUrl,
+      agent: loadAgentConfig(agentEnv(objs)).redisUrl,
+      webhooks: loadReceiverConfig(receiverEnvOf(objs)).redisUrl,
+    };
+    const passwords = new Set<string>();
+    for (const [role, url] of Object.entries(urls)) {
+      const u = new URL(url);
+      assert.equal(u.username, role, `${role} connects as its own user`);
+      const tokens = users.get(role)!;
+      aclRules(tokens);
+      const variable = /^>\$\((\w+)\)$/.exec(tokens[1]!)![1]!;
+      assert.equal(redisEnv[variable], decodeURIComponent(u.password), `${role}: the password of its user`);
+      assert.match(redisEnv[variable]!, /^[A-Za-z0-9]{32}$/);
+      passwords.add(redisEnv[variable]!);
+    }
+    assert.equal(passwords.size, 3, 'every user has a password of its own');
+    // The default user cannot be logged in to, so protected mode refuses nobody who authenticates.
+    assert.match(redisConf(objs), /^protected-mode yes$/m);
+    assert.match(redisConf(objs), /^user default off resetpass resetkeys resetchannels -@all$/m);
+    // The probes authenticate (the default user is off) without a password on their command line.
+    assert.deepEqual(redis.readinessProbe.exec.command, ['redis-cli', '--user', 'operator', 'ping']);
+    assert.equal(redisEnv.REDISCLI_AUTH, decodeURIComponent(new URL(urls.operator!).password));
+  });
+
+  test('rules: the operator all kprw: keys but no @dangerous command; agents the node queues and the peer directory; the receiver dedup keys and write-only XADD', async () => {
+    const users = redisUsers(await render(withWebhooks));
+    const op = aclRules(users.get('operator')!).split(' ');
+    assert.deepEqual(op, ['resetkeys', 'resetchannels', '~kprw:*', '+@all', '-@dangerous', '+info']);
+    const agent = aclRules(users.get('agent')!);
+    assert.match(agent, /^resetkeys resetchannels ~kprw:node\.\* -@all /);
+    assert.doesNotMatch(agent, /~kprw:\*|\+@all|\+@write|\+@read|\+keys|\+config|\+flushall|\+acl/);
+    assert.ok(
+      agent.endsWith('(~kprw:holders:* +smembers +sadd +srem +expire)'),
+      'the peer directory only through its set commands',
+    );
+    assert.equal(
+      aclRules(users.get('webhooks')!),
+      'resetkeys resetchannels ~kprw:webhook:dedup:* -@all +ping +select +set +del (%W~kprw:operator:push-events +xadd)',
+    );
+    const plain = await render();
+    assert.deepEqual([...redisUsers(plain).keys()], ['operator', 'agent'], 'no receiver, no receiver user');
+    assert.deepEqual(Object.keys(one(plain, 'Secret', '-redis').data), [
+      'operator-password',
+      'agent-password',
+    ]);
+  });
+
+  test('auth.enabled=false: no users, no password, and protected mode off (it would refuse every pod)', async () => {
+    const objs = await render({ redis: { auth: { enabled: false } } });
+    assert.equal(redisUsers(objs).size, 0);
+    assert.match(redisConf(objs), /^protected-mode no$/m);
+    assert.doesNotMatch(redisConf(objs), /^user /m);
+    assert.deepEqual(container(one(objs, 'StatefulSet', '-redis'), 'redis').readinessProbe.exec.command, [
+      'redis-cli',
+      'ping',
+    ]);
+  });
+
+  test('maxmemory stays below the container memory limit: 70% of it unless set, refused at or above it', async () => {
+    const maxmemory = (objs: K8sObject[]) => Number(/^maxmemory (\d+)$/m.exec(redisConf(objs))?.[1]);
+    const defaults = await render();
+    const limit = container(one(defaults, 'StatefulSet', '-redis'), 'redis').resources.limits.memory;
+    assert.equal(limit, '512Mi');
+    assert.equal(maxmemory(defaults), Math.floor(512 * 1024 * 1024 * 0.7));
+    assert.ok(maxmemory(defaults) < 512 * 1024 * 1024);
+    assert.match(redisConf(defaults), /^maxmemory-policy noeviction$/m);
+    const big = await render({ redis: { resources: { limits: { memory: '2Gi' } } } });
+    assert.equal(maxmemory(big), Math.floor(2 * 1024 ** 3 * 0.7));
+    assert.equal(maxmemory(await render({ redis: { maxmemory: '100Mi' } })), 100 * 1024 * 1024);
+    assert.match(
+      await renderError({ redis: { maxmemory: '512Mi' } }),
+      /must be below redis\.resources\.limits\.memory/,
+    );
+    assert.match(await renderError({ redis: { maxmemory: '1G' } }), /must be below/);
+    assert.match(await renderError({ redis: { maxmemory: 'lots' } }), /redis\/maxmemory/);
+    assert.match(
+      await renderError({ redis: { resources: { limits: { memory: null } } } }),
+      /set resources\.limits\.memory .* or redis\.maxmemory/,
+    );
+  });
+
+  test('a PodDisruptionBudget for the single Redis replica that never holds an unhealthy pod', async () => {
+    const objs = await render();
+    const pdb = one(objs, 'PodDisruptionBudget', '-redis');
+    assert.equal(pdb.spec.minAvailable, 1);
+    assert.equal(pdb.spec.unhealthyPodEvictionPolicy, 'AlwaysAllow');
+    assert.deepEqual(
+      pdb.spec.selector.matchLabels,
+      one(objs, 'StatefulSet', '-redis').spec.selector.matchLabels,
+    );
+    const off = await render({ redis: { podDisruptionBudget: { enabled: false } } });
+    assert.equal(all(off, 'PodDisruptionBudget').filter((p) => p.metadata.name.endsWith('-redis')).length, 0);
+  });
+
+  test('existingSecret: two renders are identical (no lookup, no random password); without it only the generated Secret differs', async () => {
+    const template = [
+      'template',
+      RELEASE,
+      CHART_DIR,
+      '--namespace',
+      NAMESPACE,
+      '--kube-version',
+      KUBE_VERSION,
+    ];
+    const values = { ...withWebhooks, redis: { auth: { existingSecret: 'kp-redis-users' } } };
+    const [a, b] = [await helm(template, values), await helm(template, values)];
+    assert.equal(a.code, 0, a.stderr);
+    assert.equal(a.stdout, b.stdout, 'helm template with existingSecret is stable');
+    const objs = await render(values);
+    assert.equal(all(objs, 'Secret').filter((s) => s.metadata.name.endsWith('-redis')).length, 0);
+    const ref = (c: { env: { name: string; valueFrom?: { secretKeyRef?: object } }[] }, name: string) =>
+      c.env.find((e) => e.name === name)?.valueFrom?.secretKeyRef;
+    assert.deepEqual(ref(container(one(objs, 'DaemonSet', '-agent'), 'agent'), 'REDIS_PASSWORD'), {
+      name: 'kp-redis-users',
+      key: 'agent-password',
+    });
+    const redis = container(one(objs, 'StatefulSet', '-redis'), 'redis');
+    assert.deepEqual(ref(redis, 'REDIS_WEBHOOKS_PASSWORD'), {
+      name: 'kp-redis-users',
+      key: 'webhooks-password',
+    });
+    const renamed = await render({
+      redis: { auth: { existingSecret: 's', existingSecretKeys: { agent: 'node-agents' } } },
+    });
+    assert.deepEqual(ref(container(one(renamed, 'DaemonSet', '-agent'), 'agent'), 'REDIS_PASSWORD'), {
+      name: 's',
+      key: 'node-agents',
+    });
+
+    // The fallback: `lookup` sees no cluster under `helm template`, so each render generates
+    // new passwords. That Secret's data is the only difference.
+    const [x, y] = [await render(withWebhooks), await render(withWebhooks)];
+    const strip = (objs: K8sObject[]) =>
+      JSON.stringify(objs.map((o) => (o.kind === 'Secret' && o.metadata.name === `${FULL}-redis` ? {} : o)));
+    assert.equal(strip(x), strip(y));
+    assert.notDeepEqual(one(x, 'Secret', '-redis').data, one(y, 'Secret', '-redis').data);
+  });
+
+  test('external Redis: each component may have its own user and password key, or its own URL key', async () => {
+    const objs = await render({
+      ...withWebhooks,
+      redis: {
+        enabled: false,
+        external: {
+          url: 'rediss://shared@redis.example.com:6380/0',
+          passwordSecret: 'ext',
+          users: {
+            operator: { username: 'kp-operator', passwordSecretKey: 'operator' },
+            agent: { username: 'kp-agent', passwordSecretKey: 'agent' },
+          },
+        },
+      },
+    });
+    const facts = { 'ext/operator': 'o-pw', 'ext/agent': 'a-pw', 'ext/redis-password': 'shared-pw' };
+    assert.equal(
+      loadOperatorConfig(operatorEnv(objs, facts)).redisUrl,
+      'rediss://kp-operator:o-pw@redis.example.com:6380/0',
+    );
+    assert.equal(
+      loadAgentConfig(agentEnv(objs, facts)).redisUrl,
+      'rediss://kp-agent:a-pw@redis.example.com:6380/0',
+    );
+    assert.equal(
+      loadReceiverConfig(receiverEnvOf(objs, facts)).redisUrl,
+      'rediss://shared:shared-pw@redis.example.com:6380/0',
+      'no user of its own: the shared URL and password',
+    );
+    const bySecret = await render({
+      redis: {
+        enabled: false,
+        external: { urlSecret: 'urls', users: { agent: { urlSecretKey: 'agent-url' } } },
+      },
+    });
+    const urls = { 'urls/redis-url': 'redis://op:1@r:6379', 'urls/agent-url': 'redis://ag:2@r:6379' };
+    assert.equal(loadOperatorConfig(operatorEnv(bySecret, urls)).redisUrl, 'redis://op:1@r:6379');
+    assert.equal(loadAgentConfig(agentEnv(bySecret, urls)).redisUrl, 'redis://ag:2@r:6379');
+  });
+
+  test('external TLS: the CA and client certificate are mounted into every component where its config reads them', async () => {
+    const objs = await render({
+      ...withWebhooks,
+      redis: {
+        enabled: false,
+        external: {
+          url: 'rediss://redis.example.com:6380/0',
+          tls: { caSecret: 'redis-ca', clientCertSecret: 'redis-client' },
+        },
+      },
+    });
+    const components: [
+      string,
+      K8sObject,
+      string,
+      { redisTlsCaFile: string; redisTlsCertFile: string; redisTlsKeyFile: string },
+    ][] = [
+      ['operator', one(objs, 'Deployment', '-operator'), 'operator', loadOperatorConfig(operatorEnv(objs))],
+      ['agent', one(objs, 'DaemonSet', '-agent'), 'agent', loadAgentConfig(agentEnv(objs))],
+      ['webhooks', one(objs, 'Deployment', '-webhooks'), 'webhooks', loadReceiverConfig(receiverEnvOf(objs))],
+    ];
+    for (const [what, workload, name, cfg] of components) {
+      const c = container(workload, name);
+      const pod = workload.spec.template.spec;
+      /** The Secret/ConfigMap key a file in the container comes from. */
+      const source = (file: string) => {
+        const mount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === dirname(file));
+        assert.ok(mount, `${what}: nothing mounted at ${dirname(file)}`);
+        const vol = pod.volumes.find((v: { name: string }) => v.name === mount.name);
+        const src = vol.secret ?? vol.configMap;
+        const item = src.items.find((i: { path: string }) => i.path === file.slice(dirname(file).length + 1));
+        assert.ok(item, `${what}: ${file} is not an item of its volume`);
+        return `${vol.secret ? vol.secret.secretName : vol.configMap.name}/${item.key}`;
+      };
+      assert.equal(source(cfg.redisTlsCaFile), 'redis-ca/ca.crt', what);
+      assert.equal(source(cfg.redisTlsCertFile), 'redis-client/tls.crt', what);
+      assert.equal(source(cfg.redisTlsKeyFile), 'redis-client/tls.key', what);
+    }
+    const fromConfigMap = await render({
+      redis: {
+        enabled: false,
+        external: { url: 'rediss://r:6380', tls: { caConfigMap: 'ca-bundle', caKey: 'ca.pem' } },
+      },
+    });
+    const agent = loadAgentConfig(agentEnv(fromConfigMap));
+    assert.equal(agent.redisTlsCaFile, '/etc/kube-prewarm/redis-tls/ca/ca.pem');
+    assert.equal(agent.redisTlsCertFile, '');
+    const vol = one(fromConfigMap, 'DaemonSet').spec.template.spec.volumes.find(
+      (v: { name: string }) => v.name === 'redis-tls-ca',
+    );
+    assert.equal(vol.configMap.name, 'ca-bundle');
+    // Nothing TLS-related without TLS values.
+    assert.equal(loadAgentConfig(agentEnv(await render())).redisTlsCaFile, '');
+
+    for (const [values, expected] of [
+      [
+        { redis: { enabled: false, external: { url: 'redis://r:6379', tls: { caSecret: 'ca' } } } },
+        /needs a rediss:\/\/ URL/,
+      ],
+      [{ redis: { external: { tls: { caSecret: 'ca' } } } }, /is for an external Redis/],
+      [
+        {
+          redis: {
+            enabled: false,
+            external: { url: 'rediss://r', tls: { caSecret: 'a', caConfigMap: 'b' } },
+          },
+        },
+        /caSecret or caConfigMap, not both/,
+      ],
+    ] as [unknown, RegExp][])
+      assert.match(await renderError(values), expected);
+  });
+
+  test('docs/security.md gives an external Redis the chart’s rules, token for token', async () => {
+    const users = redisUsers(await render(withWebhooks));
+    const doc = await readFile(join(REPO_ROOT, 'docs', 'security.md'), 'utf8');
+    const start = doc.indexOf('\n## Redis\n');
+    assert.ok(start >= 0, 'docs/security.md has a "## Redis" section');
+    const end = doc.indexOf('\n## ', start + 1);
+    const section = doc.slice(start, end < 0 ? undefined : end);
+    const lines = [...section.matchAll(/^ACL SETUSER kube-prewarm-(\w+) reset on >\S+ (.+)$/gm)];
+    assert.deepEqual(
+      lines.map((m) => m[1]),
+      ['operator', 'agent', 'webhooks'],
+    );
+    for (const m of lines) assert.equal(m[2], aclRules(users.get(m[1]!)!), `docs: ${m[1]}`);
+  });
+});
+
 describe('webhooks', () => {
   const values = {
     webhooks: {
@@ -908,8 +1215,9 @@ describe('monitoring and policies', () => {
     assert.equal(agent.chunkSize, 8 * 1024 * 1024);
     assert.equal(agent.concurrency, 4);
     assert.equal(loadOperatorConfig(operatorEnv(objs)).resyncMs, 600000);
+    // The bundled Redis's PDB is deliberate (redis.podDisruptionBudget, docs/install.md).
     assert.equal(
-      all(objs, 'PodDisruptionBudget').length,
+      all(objs, 'PodDisruptionBudget').filter((p) => !p.metadata.name.endsWith('-redis')).length,
       0,
       'no PDB that would block every drain with one replica',
     );

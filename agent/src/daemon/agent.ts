@@ -233,7 +233,13 @@ export class AgentDaemon {
       };
     }
 
-    const redis = new Redis(redisOptionsFromUrl(c.redisUrl));
+    // The agent's own ACL user; TLS files read once here (docs/security.md, Redis).
+    const redisOptions = redisOptionsFromUrl(c.redisUrl, {
+      caFile: c.redisTlsCaFile,
+      certFile: c.redisTlsCertFile,
+      keyFile: c.redisTlsKeyFile,
+    });
+    const redis = new Redis(redisOptions);
     redis.on('error', (err) => log.debug({ err: err.message }, 'redis connection error'));
     this.#redis = redis;
     this.#queue = new Queue(nodeQueueName(c.nodeName), {
@@ -273,6 +279,7 @@ export class AgentDaemon {
         runtime: this.#runtime,
         gate: (signal, ready) => fetcher.gate(signal, ready),
         peerDirectory,
+        egress,
         ...(warmerFor ? { warmerFor } : {}),
       },
     );
@@ -313,7 +320,7 @@ export class AgentDaemon {
     await this.#collect('startup');
     this.#scheduleGc();
 
-    this.#worker = new PrewarmWorker(redisOptionsFromUrl(c.redisUrl), processor, this.metrics, log, {
+    this.#worker = new PrewarmWorker({ ...redisOptions }, processor, this.metrics, log, {
       node: c.nodeName,
       concurrency: c.concurrency,
       lockDurationMs: c.lockDurationMs,

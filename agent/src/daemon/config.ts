@@ -164,6 +164,26 @@ export const AGENT_SETTINGS = {
     parse: redisUrl,
     secret: true,
   }),
+  redisTlsCaFile: setting({
+    env: 'KUBE_PREWARM_REDIS_TLS_CA_FILE',
+    default: '',
+    description:
+      "PEM CA bundle a `rediss://` server's certificate must chain to. Empty: Node's bundled CAs.",
+    parse: (raw: string) => raw,
+  }),
+  redisTlsCertFile: setting({
+    env: 'KUBE_PREWARM_REDIS_TLS_CERT_FILE',
+    default: '',
+    description:
+      'PEM client certificate for a `rediss://` server that asks for one (with KUBE_PREWARM_REDIS_TLS_KEY_FILE).',
+    parse: (raw: string) => raw,
+  }),
+  redisTlsKeyFile: setting({
+    env: 'KUBE_PREWARM_REDIS_TLS_KEY_FILE',
+    default: '',
+    description: 'PEM private key of KUBE_PREWARM_REDIS_TLS_CERT_FILE.',
+    parse: (raw: string) => raw,
+  }),
   concurrency: setting({
     env: 'KUBE_PREWARM_CONCURRENCY',
     default: '2',
