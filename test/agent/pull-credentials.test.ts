@@ -224,7 +224,8 @@ describe('pull secrets through per-ImagePrewarm credential copies (apiserver + c
     assert.deepEqual(Object.keys(held.auths), [registry.host], 'only the registry its images name');
 
     const job = await agentQueue.getJob(jobId());
-    assert.deepEqual((job?.data as PrewarmJobData).pullSecrets, [`${CRED_NS}/${copy.metadata!.name}`]);
+    assert.ok(job, 'the operator made the job');
+    assert.deepEqual((job.data as PrewarmJobData).pullSecrets, [`${CRED_NS}/${copy.metadata!.name}`]);
     for (const l of image.manifests[0]!.layers)
       assert.ok(await agent.daemon.store!.stat(l.digest as Digest), `layer ${l.digest} stored`);
   });
