@@ -80,11 +80,15 @@ function blobsOf(img: PushedImage): { digest: string; size: number }[] {
  * Bytes the proxy served for one blob, and how many of them it served more than once
  * (from each GET's Range start and the bytes actually sent: the overlap of those intervals).
  */
-function servedTwice(c: ClusterHandle, digest: string): { sent: number; unique: number; again: number } {
+function servedTwice(
+  c: ClusterHandle,
+  digest: string,
+  upTo = c.proxy.stats.log.length,
+): { sent: number; unique: number; again: number } {
   const re = blobPath(digest);
   const spans: [number, number][] = [];
   let sent = 0;
-  for (const e of c.proxy.stats.log) {
+  for (const e of c.proxy.stats.log.slice(0, upTo)) {
     if (e.method !== 'GET' || !re.test(e.path) || e.bytes === 0) continue;
     const start = Number(/^bytes=(\d+)-/.exec(e.range ?? '')?.[1] ?? 0);
     spans.push([start, start + e.bytes]);
@@ -146,6 +150,50 @@ async function agentPod(c: ClusterHandle, node: string): Promise<Json | undefine
 
 function agentStatus(pod: Json): Json | undefined {
   return (pod?.status?.containerStatuses ?? []).find((s: Json) => s.name === 'agent');
+}
+
+/**
+ * Log lines of a component's containers (`app.kubernetes.io/component=<component>`), the
+ * previous run's too: pino records at `minLevel` or above (or matching `match`), other
+ * lines (Redis's own) when `raw`. For the diagnosis a failed or surprising run prints.
+ */
+async function componentLog(
+  c: ClusterHandle,
+  component: string,
+  o: { container?: string; minLevel?: number; match?: RegExp; raw?: boolean } = {},
+): Promise<string[]> {
+  const pods = (
+    await get(
+      c,
+      `/api/v1/namespaces/${NAMESPACE}/pods?labelSelector=${encodeURIComponent(`app.kubernetes.io/component=${component}`)}`,
+    )
+  ).items as Json[];
+  const out: string[] = [];
+  for (const pod of pods) {
+    for (const previous of [true, false]) {
+      const q = `${o.container ? `container=${o.container}&` : ''}tailLines=400${previous ? '&previous=true' : ''}`;
+      const r = await c.kube.request(
+        'GET',
+        `/api/v1/namespaces/${NAMESPACE}/pods/${pod.metadata.name}/log?${q}`,
+      );
+      if (r.status !== 200) continue;
+      const tag = `${pod.metadata.name}${previous ? ' (previous)' : ''}`;
+      for (const line of String(r.body).split('\n')) {
+        if (!line) continue;
+        let rec: { level?: number; msg?: string } | undefined;
+        try {
+          rec = JSON.parse(line) as { level?: number; msg?: string };
+        } catch {
+          rec = undefined;
+        }
+        if (rec && typeof rec.level === 'number') {
+          if (rec.level >= (o.minLevel ?? 40) || o.match?.test(line))
+            out.push(`${tag}: ${line.slice(0, 600)}`);
+        } else if (o.raw) out.push(`${tag}: ${line.slice(0, 600)}`);
+      }
+    }
+  }
+  return out;
 }
 
 /** Waits until the node's agent container is ready (in a pod other than `notUid`, with more restarts than `restarts`). */
@@ -224,15 +272,15 @@ async function redisOptions(c: ClusterHandle): Promise<RedisOptions> {
     // Inspection only: fail fast rather than wait for a Redis that is down.
     maxRetriesPerRequest: 1,
     connectTimeout: 5_000,
-    enableOfflineQueue: false,
     retryStrategy: () => null,
-    lazyConnect: true,
   };
 }
 
 interface QueueJob {
   id: string;
   state: string;
+  /** When the job was created (ms): a job re-created after a loss has a new one. */
+  timestamp: number;
   attemptsMade: number;
   progress: unknown;
   failedReason?: string;
@@ -243,13 +291,16 @@ async function queueState(c: ClusterHandle, node: string): Promise<{ counts: unk
   const conn = new Redis(await redisOptions(c));
   conn.on('error', () => undefined);
   const q = new Queue(nodeQueueName(node), { connection: conn, prefix: QUEUE_PREFIX });
-  const timeout = sleep(15_000).then(() => {
+  q.on('error', () => undefined);
+  const stop = new AbortController();
+  const timeout = sleep(15_000, undefined, { signal: stop.signal }).then(() => {
     throw new Error('Redis did not answer within 15 s');
   });
+  timeout.catch(() => undefined);
   try {
-    await Promise.race([conn.connect(), timeout]);
     return await Promise.race([
       (async () => {
+        await q.waitUntilReady();
         const counts = await q.getJobCounts();
         const jobs: QueueJob[] = [];
         for (const j of await q.getJobs([
@@ -264,6 +315,7 @@ async function queueState(c: ClusterHandle, node: string): Promise<{ counts: unk
           jobs.push({
             id: j.id,
             state: await j.getState(),
+            timestamp: j.timestamp,
             attemptsMade: j.attemptsMade,
             progress: j.progress,
             ...(j.failedReason ? { failedReason: j.failedReason } : {}),
@@ -274,6 +326,7 @@ async function queueState(c: ClusterHandle, node: string): Promise<{ counts: unk
       timeout,
     ]);
   } finally {
+    stop.abort();
     await q.close().catch(() => undefined);
     conn.disconnect();
   }
@@ -335,6 +388,7 @@ describe('faults on the real node', { timeout: 3_600_000 }, () => {
     await waitAgentBack(c, node.name, { restartsAbove: restarts });
 
     const deleteAt = await waitServed(c, layer.digest, killAt + 64 * MiB, 'the warm resumed (64 MiB more)');
+    const logAtDelete = c.proxy.stats.log.length;
     const pod = await agentPod(c, node.name);
     const del = await c.kube.request('DELETE', `/api/v1/namespaces/${NAMESPACE}/pods/${pod.metadata.name}`, {
       apiVersion: 'v1',
@@ -355,6 +409,11 @@ describe('faults on the real node', { timeout: 3_600_000 }, () => {
       .map((b) => ({ digest: b.digest, size: b.size, ...servedTwice(c, b.digest) }));
     const again = perBlob.reduce((n, b) => n + b.again, 0);
     const bound = 2 * LOST_PER_INTERRUPTION;
+    const againFirst = servedTwice(c, layer.digest, logAtDelete).again;
+    console.log(
+      `# fetched again after the SIGKILL ${fmt(againFirst)}, after the pod deletion ${fmt(again - againFirst)}; ` +
+        `blob requests ${c.proxy.count(BLOBS, 'GET')}`,
+    );
     console.log(
       `# image ${fmt(size)}; blob bytes at the proxy ${fmt(total)} (${total} B); fetched again ${fmt(again)} (${again} B); ` +
         `bound 2 interruptions × ${MAX_CONNECTIONS} connections × (${fmt(BLOB_FETCHER_DEFAULTS.recordEveryBytes)} + ` +
@@ -408,6 +467,7 @@ describe('faults on the real node', { timeout: 3_600_000 }, () => {
     const activeAtOutage = during.jobs.filter((j) => j.state === 'active').length;
 
     const redisPod = await get(c, `/api/v1/namespaces/${NAMESPACE}/pods/${FULL}-redis-0`);
+    const deletedAt = Date.now();
     const del = await c.kube.request('DELETE', `/api/v1/namespaces/${NAMESPACE}/pods/${FULL}-redis-0`);
     assert.ok(del.status < 300, `delete Redis pod: ${del.status} ${JSON.stringify(del.body)}`);
     // Created while Redis is gone or still coming back: the operator must enqueue it afterwards.
@@ -457,15 +517,32 @@ describe('faults on the real node', { timeout: 3_600_000 }, () => {
       [],
       'no failed job',
     );
+    // Redis kept them (AOF on the volume): the jobs of before the outage are the same jobs,
+    // not ones the operator made again after finding them missing.
+    const recreated = during.jobs
+      .map((j) => ({ id: j.id, before: j.timestamp, now: final.jobs.find((x) => x.id === j.id)?.timestamp }))
+      .filter((j) => j.now !== j.before);
+    const logs = async () => ({
+      redis: await componentLog(c, 'redis', { raw: true }),
+      operator: await componentLog(c, 'operator', { match: /enqueue|Redis|redis/ }),
+      agent: await componentLog(c, 'agent', { container: 'agent', match: /job|Redis|redis/ }),
+    });
+    if (recreated.length > 0)
+      assert.fail(
+        `jobs re-created after the outage (lost by Redis): ${JSON.stringify(recreated)}\n` +
+          `redis deleted at ${deletedAt}\nbefore: ${JSON.stringify(during, null, 1)}\nafter: ${JSON.stringify(final, null, 1)}\n` +
+          `${JSON.stringify(await logs(), null, 1)}`,
+      );
+    console.log(`# warnings: ${JSON.stringify(await logs(), null, 1)}`);
 
     // Downloads continued through the outage; a job whose lock was lost resumes from the
     // journal: at most what its connections had not made durable comes again.
     const all = [...imgs, late].flatMap(blobsOf);
     const again = [...new Set(all.map((b) => b.digest))].reduce((n, d) => n + servedTwice(c, d).again, 0);
     const bound = Math.max(1, activeAtOutage) * LOST_PER_INTERRUPTION;
+    const unique = [...new Map(all.map((b) => [b.digest, b.size])).values()].reduce((n, x) => n + x, 0);
     console.log(
-      `# blob bytes at the proxy ${fmt(c.proxy.bytes(BLOBS))} for ${fmt(all.reduce((n, b) => n + b.size, 0))} of blobs` +
-        ` (busybox layer shared); fetched again ${again} B (bound ${fmt(bound)}); wall ${((Date.now() - started) / 1000).toFixed(0)} s`,
+      `# blob bytes at the proxy ${fmt(c.proxy.bytes(BLOBS))} for ${fmt(unique)} of distinct blobs; fetched again ${again} B (bound ${fmt(bound)}); wall ${((Date.now() - started) / 1000).toFixed(0)} s`,
     );
     assert.ok(again <= bound, `fetched again ${again} B > ${bound} B`);
     assert.deepEqual(await storeProblems(node, all), []);
@@ -519,5 +596,53 @@ describe('faults on the real node', { timeout: 3_600_000 }, () => {
       await c.registry.start();
     }
     console.log(`# wall ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  });
+
+  test('mirror killed while a pod pulls through it: the pod still starts, the warm completes', async () => {
+    const started = Date.now();
+    const img = await pushApp('faults/mirror', 128, 41);
+    const layer = img.manifests[0]!.layers[1]!;
+    const hex = layer.digest.slice('sha256:'.length);
+    c.proxy.resetStats();
+    await prewarm('mirror', img, { rollout: { maxBandwidthPerNode: '4Mi' } });
+    await waitServed(c, layer.digest, 16 * MiB, '16 MiB of the layer fetched');
+    await create(
+      c,
+      `/apis/apps/v1/namespaces/${NS}/deployments`,
+      sleeperDeployment('mirror', NS, `${c.registryHost}/${img.repository}:v1`),
+    );
+    // containerd's ingest of the layer grows while the mirror streams it from the download
+    // in flight (the layer is not committed yet: the warm is capped).
+    const ingest = await waitForState(
+      'containerd receiving the layer through the mirror (an active ingest of it)',
+      async () => (await node.containerd.ctr(['content', 'active'])).stdout,
+      (out) => out.includes(hex),
+      300_000,
+    );
+    const served = c.proxy.bytes(blobPath(layer.digest));
+    assert.ok(served < layer.size, `the layer was still downloading (${served} of ${layer.size} B)`);
+    // containerd asks for a blob in one GET without Range; the agent's requests are ranged.
+    // None yet at the registry: containerd's bytes came through the mirror.
+    const direct = () =>
+      c.proxy.stats.log.filter((e) => e.method === 'GET' && blobPath(layer.digest).test(e.path) && !e.range);
+    assert.deepEqual(direct(), [], 'containerd pulled the layer through the mirror, not from the registry');
+    console.log(`# containerd's active ingests when the agent was killed:\n${ingest.trim()}`);
+    await killAgentProcess(c, node);
+
+    const pods = await waitAppRunning(c, NS, 'mirror', 600_000);
+    const imageID = String(pods[0].status.containerStatuses[0].imageID);
+    assert.ok(imageID.endsWith(img.digest), `the pod runs ${imageID}, expected ${img.digest}`);
+    const status = await waitPrewarmReady(c, NS, 'mirror');
+    assert.equal(status.warmNodes, 1);
+    assert.deepEqual(await storeProblems(node, blobsOf(img)), []);
+    const fellBack = direct();
+    console.log(
+      `# after the kill containerd ${fellBack.length > 0 ? `fell back to the registry: ${JSON.stringify(fellBack)}` : 'pulled through the mirror again'}`,
+    );
+    const events = (await eventLines(c, NS)).split('\n').filter((l) => l.startsWith('Pod/mirror-'));
+    console.log(
+      `# pod events:\n${events.join('\n')}\n# registry blob bytes of the layer ${fmt(c.proxy.bytes(blobPath(layer.digest)))} ` +
+        `(the pod may have fallen back to the registry); wall ${((Date.now() - started) / 1000).toFixed(0)} s`,
+    );
   });
 });
