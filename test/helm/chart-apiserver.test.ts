@@ -309,11 +309,14 @@ describe('helm install, upgrade and uninstall against a real kube-apiserver', ()
     await kube?.stop();
   });
 
-  const redisPassword = async () => {
+  /** The generated passwords of the bundled Redis's users, by Secret key. */
+  const redisPasswords = async (): Promise<Record<string, string>> => {
     const s = await kube.kc
       .makeApiClient(CoreV1Api)
       .readNamespacedSecret({ namespace: NAMESPACE, name: `${FULL}-redis` });
-    return Buffer.from(s.data?.['redis-password'] ?? '', 'base64').toString();
+    return Object.fromEntries(
+      Object.entries(s.data ?? {}).map(([k, v]) => [k, Buffer.from(v, 'base64').toString()]),
+    );
   };
 
   test('install creates the CRD and every object; the NOTES example is a valid ImagePrewarm', async () => {
@@ -331,7 +334,9 @@ describe('helm install, upgrade and uninstall against a real kube-apiserver', ()
     );
     await apps.readNamespacedDaemonSet({ namespace: NAMESPACE, name: `${FULL}-agent` });
     await apps.readNamespacedStatefulSet({ namespace: NAMESPACE, name: `${FULL}-redis` });
-    assert.match(await redisPassword(), /^[A-Za-z0-9]{32}$/);
+    const passwords = await redisPasswords();
+    assert.deepEqual(Object.keys(passwords).sort(), ['agent-password', 'operator-password']);
+    for (const pw of Object.values(passwords)) assert.match(pw, /^[A-Za-z0-9]{32}$/);
 
     // NOTES.txt shows how to warm a first image: that example must be accepted as written.
     const m = /cat <<'YAML' \| kubectl apply -f -\n([\s\S]*?)\n\s*YAML\n/.exec(r.stdout);
@@ -341,14 +346,14 @@ describe('helm install, upgrade and uninstall against a real kube-apiserver', ()
     await KubernetesObjectApi.makeApiClient(kube.kc).create(example);
   });
 
-  test('upgrade keeps the generated Redis password and applies changed values', async () => {
-    const before = await redisPassword();
+  test('upgrade keeps the generated Redis passwords and applies changed values', async () => {
+    const before = await redisPasswords();
     const r = await helm(helmArgs('upgrade', RELEASE, CHART_DIR), { agent: { logLevel: 'debug' } });
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(
-      await redisPassword(),
+    assert.deepEqual(
+      await redisPasswords(),
       before,
-      'a new password would lock the agents out of the AOF-backed Redis',
+      'new passwords would lock the components out until every pod restarted',
     );
     const ds = await kube.kc
       .makeApiClient(AppsV1Api)

@@ -167,8 +167,7 @@ export const AGENT_SETTINGS = {
   redisTlsCaFile: setting({
     env: 'KUBE_PREWARM_REDIS_TLS_CA_FILE',
     default: '',
-    description:
-      "PEM CA bundle a `rediss://` server's certificate must chain to. Empty: Node's bundled CAs.",
+    description: "PEM CA bundle a `rediss://` server's certificate must chain to. Empty: Node's bundled CAs.",
     parse: (raw: string) => raw,
   }),
   redisTlsCertFile: setting({
