@@ -287,6 +287,15 @@ describe('the chart on a real kube-apiserver', () => {
         })),
       );
       assert.ok(!(await can(agent, { group: '', resource: 'nodes', verb: 'get', name: 'node-a' })));
+      // The uninstall hook's account (its RBAC is rendered as pre-delete hooks).
+      const hook = `${FULL}-release-nodes`;
+      for (const verb of ['list', 'get', 'patch'])
+        assert.ok(
+          await can(hook, { group: '', resource: 'nodes', verb, name: verb === 'list' ? '' : 'n' }),
+          verb,
+        );
+      assert.ok(!(await can(hook, { group: '', resource: 'nodes', verb: 'delete', name: 'n' })));
+      assert.ok(!(await can(hook, { group: '', resource: 'secrets', verb: 'get', namespace: 'default' })));
     });
   });
 });
@@ -363,7 +372,9 @@ describe('helm install, upgrade and uninstall against a real kube-apiserver', ()
   });
 
   test('uninstall removes the release but keeps the CRD and the ImagePrewarms', async () => {
-    const r = await helm(helmArgs('uninstall', RELEASE), undefined);
+    // No controller-manager runs here, so the pre-delete hook's Job would never finish:
+    // test/e2e/lifecycle.test.ts runs the hook on a real cluster.
+    const r = await helm(helmArgs('uninstall', RELEASE, '--no-hooks'), undefined);
     assert.equal(r.code, 0, r.stderr);
     const apps = kube.kc.makeApiClient(AppsV1Api);
     await assert.rejects(

@@ -18,10 +18,12 @@ import { describe, test } from 'node:test';
 import { Registry } from 'prom-client';
 import { parse as parseYaml } from 'yaml';
 import { AGENT_SETTINGS, loadConfig as loadAgentConfig } from '../../agent/src/daemon/config.js';
+import { STARTUP_TAINT_KEY } from '../../operator/src/api/types.js';
 import {
   loadConfig as loadOperatorConfig,
   SETTINGS as OPERATOR_SETTINGS,
 } from '../../operator/src/config.js';
+import { parseReleaseNodesArgs } from '../../operator/src/release-nodes.js';
 import {
   createWebhookHandler,
   MemoryDedupStore,
@@ -1320,6 +1322,128 @@ describe('values.schema.json and template checks refuse bad values', () => {
 function pick(o: Record<string, string>, keys: string[]): Record<string, string> {
   return Object.fromEntries(keys.map((k) => [k, o[k]!]));
 }
+
+describe('uninstall hook (operator.uninstallHook)', () => {
+  const HOOK = `${FULL}-release-nodes`;
+  const hookObjects = (objs: K8sObject[]) =>
+    objs.filter((o) => o.metadata.labels?.['app.kubernetes.io/component'] === 'release-nodes');
+
+  test('pre-delete: a ServiceAccount, ClusterRole and binding first, then the Job running `operator release-nodes`', async () => {
+    const objs = hookObjects(await render());
+    assert.deepEqual(objs.map((o) => `${o.kind}/${o.metadata.name}`).sort(), [
+      `ClusterRole/${HOOK}`,
+      `ClusterRoleBinding/${HOOK}`,
+      `Job/${HOOK}`,
+      `ServiceAccount/${HOOK}`,
+    ]);
+    for (const o of objs) {
+      const a = o.metadata.annotations ?? {};
+      assert.equal(a['helm.sh/hook'], 'pre-delete', `${o.kind} is a pre-delete hook`);
+      const policy = (a['helm.sh/hook-delete-policy'] ?? '').split(',');
+      assert.ok(policy.includes('before-hook-creation') && policy.includes('hook-succeeded'), o.kind);
+      // Created before the Job (lower weight), so the Job's pod finds its account and role.
+      assert.ok(Number(a['helm.sh/hook-weight']) < (o.kind === 'Job' ? 1 : 0), `${o.kind} weight`);
+    }
+    const job = one(objs, 'Job');
+    assert.ok(
+      !job.metadata.annotations?.['helm.sh/hook-delete-policy']?.includes('hook-failed'),
+      'a failed Job stays for its logs',
+    );
+    const pod = job.spec.template.spec;
+    assert.equal(pod.serviceAccountName, HOOK);
+    assert.equal(pod.restartPolicy, 'Never');
+    assert.ok(job.spec.activeDeadlineSeconds < 300, 'fails before helm’s default 5 min timeout');
+    const c = pod.containers[0];
+    assert.equal(
+      c.image,
+      one(await render(), 'Deployment', '-operator').spec.template.spec.containers[0].image,
+    );
+    // What bin/kube-prewarm.js dispatches to the subcommand, with flags it accepts.
+    assert.deepEqual(c.args.slice(0, 2), ['operator', 'release-nodes']);
+    assert.deepEqual(parseReleaseNodesArgs(c.args.slice(2)), { attempts: 5, logLevel: 'info', help: false });
+    assert.equal(c.securityContext.readOnlyRootFilesystem, true);
+    assert.equal(pod.securityContext.runAsNonRoot, true);
+    // It must run while every node still carries the taint it removes.
+    assert.ok(
+      pod.tolerations.some(
+        (t: { key?: string; operator?: string }) => t.key === STARTUP_TAINT_KEY && t.operator === 'Exists',
+      ),
+    );
+    const binding = one(objs, 'ClusterRoleBinding');
+    assert.deepEqual(binding.roleRef, {
+      apiGroup: 'rbac.authorization.k8s.io',
+      kind: 'ClusterRole',
+      name: HOOK,
+    });
+    assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: HOOK, namespace: NAMESPACE }]);
+  });
+
+  test('its role: nodes get, list, patch and nothing else', async () => {
+    const rules = one(hookObjects(await render()), 'ClusterRole').rules;
+    for (const verb of ['get', 'list', 'patch']) assert.ok(allows(rules, '', 'nodes', verb), verb);
+    for (const [group, res, verb] of [
+      ['', 'nodes', 'delete'],
+      ['', 'nodes', 'update'],
+      ['', 'nodes', 'watch'],
+      ['', 'nodes/status', 'patch'],
+      ['', 'secrets', 'get'],
+      ['', 'pods', 'list'],
+      ['prewarm.kube-prewarm.io', 'imageprewarms', 'list'],
+    ] as const)
+      assert.ok(!allows(rules, group, res, verb), `must not ${verb} ${res}`);
+  });
+
+  test('operator log level, scheduling and pull secrets reach the Job; off with enabled=false or rbac.create=false', async () => {
+    const objs = await render({
+      imagePullSecrets: [{ name: 'regcred' }],
+      operator: {
+        logLevel: 'debug',
+        nodeSelector: { pool: 'system' },
+        tolerations: [{ key: 'dedicated', operator: 'Equal', value: 'system', effect: 'NoSchedule' }],
+        uninstallHook: { resources: { requests: { cpu: '50m' } } },
+      },
+    });
+    const pod = one(objs, 'Job').spec.template.spec;
+    assert.ok(pod.containers[0].args.includes('--log-level=debug'));
+    assert.deepEqual(pod.nodeSelector, { 'kubernetes.io/os': 'linux', pool: 'system' });
+    assert.deepEqual(
+      pod.tolerations.map((t: { key: string }) => t.key),
+      [STARTUP_TAINT_KEY, 'dedicated'],
+    );
+    assert.deepEqual(pod.imagePullSecrets, [{ name: 'regcred' }]);
+    assert.equal(pod.containers[0].resources.requests.cpu, '50m');
+    assert.deepEqual(hookObjects(await render({ operator: { uninstallHook: { enabled: false } } })), []);
+    assert.deepEqual(hookObjects(await render({ rbac: { create: false } })), []);
+  });
+});
+
+describe('webhook receiver Service nodePort', () => {
+  const hooks = { enabled: true, sources: { distribution: { secrets: [SECRET_A] } } };
+  const port = (objs: K8sObject[]) =>
+    one(objs, 'Service', '-webhooks').spec.ports.find((p: { name: string }) => p.name === 'webhooks');
+
+  test('a fixed node port with type NodePort; none by default', async () => {
+    const fixed = await render({
+      webhooks: { ...hooks, receiver: { service: { type: 'NodePort', nodePort: 30880 } } },
+    });
+    assert.equal(one(fixed, 'Service', '-webhooks').spec.type, 'NodePort');
+    assert.equal(port(fixed).nodePort, 30880);
+    assert.equal(port(await render({ webhooks: hooks })).nodePort, undefined);
+  });
+
+  test('refused with type ClusterIP, and outside the port range', async () => {
+    assert.match(
+      await renderError({ webhooks: { ...hooks, receiver: { service: { nodePort: 30880 } } } }),
+      /nodePort needs webhooks\.receiver\.service\.type NodePort or LoadBalancer/,
+    );
+    assert.match(
+      await renderError({
+        webhooks: { ...hooks, receiver: { service: { type: 'NodePort', nodePort: 70000 } } },
+      }),
+      /nodePort/,
+    );
+  });
+});
 
 describe('docs/install.md', () => {
   test('its values table covers every key of values.yaml and names no key that does not exist', async () => {
