@@ -224,6 +224,34 @@ async function rollout(
 }
 
 /**
+ * Waits until one workload of the release namespace has rolled out (every replica updated
+ * and Ready; for workloads `waitReady` does not cover, e.g. the webhook receiver). The
+ * error names its last state and the pods'.
+ */
+export async function waitRolledOut(
+  cluster: ClusterHandle,
+  kind: 'Deployment' | 'DaemonSet' | 'StatefulSet',
+  name: string,
+  timeoutMs = 300_000,
+): Promise<void> {
+  let last: RolloutStatus | undefined;
+  try {
+    await waitUntil(
+      `${kind} ${name} rolled out`,
+      async () => {
+        last = await rollout(cluster, kind, name);
+        return last.ready;
+      },
+      { timeoutMs, intervalMs: 1_000 },
+    );
+  } catch (err) {
+    throw new Error(
+      `${(err as Error).message}\n${last?.detail ?? ''}\npods:\n${await describePods(cluster)}`,
+    );
+  }
+}
+
+/**
  * Pods of a namespace with their phase, readiness and container states, and the last log
  * lines of every container that is not ready (its previous run's when it restarted): what a
  * timed-out wait needs to say why.

@@ -3,6 +3,7 @@
  * ImagePrewarm's status, wait for a workload's pods, read events. Every wait reports the
  * last state it saw when it times out.
  */
+import { PatchStrategy } from '@kubernetes/client-node';
 import type { ClusterHandle } from '../harness/cluster.js';
 import { describePods, prewarmPath, waitForState } from './env.js';
 
@@ -135,4 +136,43 @@ export async function eventLines(c: ClusterHandle, ns: string): Promise<string> 
     )
     .map((e) => `${e.involvedObject?.kind}/${e.involvedObject?.name} ${e.reason}: ${e.message}`)
     .join('\n');
+}
+
+/**
+ * JSON merge patch of one object (`obj` = apiVersion, kind, metadata.name/namespace and the
+ * fields to change; `null` deletes). Throws with the apiserver's message.
+ */
+export async function mergePatch(c: ClusterHandle, obj: Json): Promise<Json> {
+  return c.api.patch(obj, undefined, undefined, undefined, undefined, PatchStrategy.MergePatch);
+}
+
+/** Pods of `ns` matching a label selector (`app.kubernetes.io/component=agent`). */
+export async function podsOf(c: ClusterHandle, ns: string, selector: string): Promise<Json[]> {
+  return (await get(c, `/api/v1/namespaces/${ns}/pods?labelSelector=${encodeURIComponent(selector)}`))
+    .items as Json[];
+}
+
+/** Waits until GET `path` answers 404; the error shows what was still there. */
+export async function waitGone(c: ClusterHandle, path: string, timeoutMs = 300_000): Promise<void> {
+  await waitForState(
+    `${path} gone`,
+    async () => {
+      const r = await c.kube.request('GET', path);
+      return r.status === 404 ? 'gone' : { status: r.status, body: r.body };
+    },
+    (s) => s === 'gone',
+    timeoutMs,
+  );
+}
+
+/** The last lines of a container's log (its previous run's with `previous`). */
+export async function containerLog(
+  c: ClusterHandle,
+  ns: string,
+  pod: string,
+  container: string,
+  o: { tailLines?: number; previous?: boolean } = {},
+): Promise<string> {
+  const q = `container=${container}&tailLines=${o.tailLines ?? 50}${o.previous ? '&previous=true' : ''}`;
+  return String((await c.kube.request('GET', `/api/v1/namespaces/${ns}/pods/${pod}/log?${q}`)).body);
 }
