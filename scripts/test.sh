@@ -16,7 +16,22 @@ needs=() rest=()
 for f in "${files[@]}"; do
   if grep -qE "$kube_re" "$f"; then needs+=("$f"); else rest+=("$f"); fi
 done
-run() { node --import tsx --test --test-concurrency=1 "$@"; }
+failures=$(mktemp -d)
+trap 'rm -rf "$failures"' EXIT
+runs=0
+# TAP on stdout as before; the failures with their errors in a file of their own, printed last.
+run() {
+  runs=$((runs + 1))
+  node --import tsx --test --test-concurrency=1 \
+    --test-reporter=tap --test-reporter-destination=stdout \
+    --test-reporter=./scripts/failures-reporter.mjs --test-reporter-destination="$failures/$runs.txt" "$@"
+}
+summary() {
+  if [ -n "$(cat "$failures"/*.txt 2>/dev/null)" ]; then
+    echo "test.sh: failures (errors below; full output above):" >&2
+    cat "$failures"/*.txt >&2
+  fi
+}
 
 status=0
 echo "test.sh: ${#rest[@]} files without Kubernetes binaries" >&2
@@ -29,9 +44,11 @@ fi
 if [ -f "$bin_dir/.k8s-build.rc" ] && [ "$(cat "$bin_dir/.k8s-build.rc")" != 0 ]; then
   echo "test.sh: the Kubernetes build failed:" >&2
   tail -n 60 "$bin_dir/.k8s-build.log" >&2
+  summary
   exit 1
 fi
 echo "test.sh: ${#needs[@]} files with Kubernetes binaries (after $(( $(date +%s) - t0 ))s)" >&2
 run "$@" "${needs[@]}" || status=$?
+summary
 echo "test.sh: done after $(( $(date +%s) - t0 ))s" >&2
 exit $status

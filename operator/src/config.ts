@@ -8,7 +8,7 @@
 import { hostname } from 'node:os';
 import { EgressPolicy, PUBLIC_REGISTRIES } from '../../oci/src/egress-policy.js';
 import { ErrorCodes, PrewarmError } from '../../oci/src/errors.js';
-import { parseQuantity } from './reconcile/plan.js';
+import { parseQuantity } from './quantity.js';
 
 /** Turns a raw environment value into a setting's value; throws with a readable reason. */
 export type Parser<T> = (raw: string) => T;

@@ -278,6 +278,7 @@ describe('Redis with the chart’s ACL users: each component as its own user, en
     const anon = r.connect('', '');
     assert.match((await replyError(() => anon.get('kprw:orphans'))) ?? 'allowed', /^NOAUTH /);
     for (const [user, pw] of [
+      ['default', ''],
       ['default', 'anything'],
       ['agent', r.passwords.operator],
       ['operator', ''],

@@ -30,8 +30,11 @@ import type {
   ImageStatus,
   TriggerRecord,
 } from '../api/types.js';
+import { parseQuantity } from '../quantity.js';
 import { gateDeadlineMs } from './gate.js';
 import { type NodeView, platformAllowed, selectNodes } from './nodes.js';
+
+export { parseQuantity };
 
 /** What the operator knows about one job (absent from the map: no such job). */
 export interface JobObservation {
@@ -218,29 +221,6 @@ export function jobRefsToObserve(
     }
   }
   return refs;
-}
-
-/**
- * Parses `50Mi`, `200M`, `1.5Gi` (bytes per second). Returns undefined for anything the CRD
- * would have refused.
- */
-export function parseQuantity(q: string | undefined): number | undefined {
-  if (q === undefined) return undefined;
-  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|K|M|G|T)?$/.exec(q);
-  if (!m) return undefined;
-  const mult: Record<string, number> = {
-    '': 1,
-    Ki: 1024,
-    Mi: 1024 ** 2,
-    Gi: 1024 ** 3,
-    Ti: 1024 ** 4,
-    k: 1e3,
-    K: 1e3,
-    M: 1e6,
-    G: 1e9,
-    T: 1e12,
-  };
-  return Math.floor(Number(m[1]) * (mult[m[2] ?? ''] ?? 1));
 }
 
 /** `PW_ERR_X: message` (the agent's `formatFailure`) → reason and message. */
