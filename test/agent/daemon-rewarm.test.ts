@@ -124,7 +124,15 @@ describe('unpack mode and warm-stays-warm (real containerd, Redis, registry)', (
         ((await readJob(conn, node, id)).progress as PrewarmJobProgress).evictions === 1,
       { timeoutMs: 60_000, intervalMs: 200 },
     );
-    assert.equal(proxy.stats.log.length, 0, 'not one request to the registry');
+    // Under the tag too, as the job unpacked it (kubelet looks a pod's image up by the
+    // reference it names). The registry was asked for the tag only, never for a blob.
+    assert.equal((await cri.imageStatus(`${repository}:v1`))?.id, m.config.digest, 'the tag is back');
+    assert.equal(blobBytes(proxy), 0, 'no blob byte from the registry');
+    assert.deepEqual(
+      proxy.stats.log.filter((e) => !e.path.endsWith('/manifests/v1')).map((e) => `${e.method} ${e.path}`),
+      [],
+      'nothing but the tag asked of the registry',
+    );
     const after1 = await readJob(conn, node, id);
     assert.equal(after1.state, 'completed');
     assert.equal((after1.progress as PrewarmJobProgress).phase, 'unpacked');

@@ -24,8 +24,17 @@ import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import { pushImage } from '../harness/images.js';
 import { patchNode } from '../harness/kube-nodes.js';
-import { type E2eEnv, prewarmPath, startE2e, waitForState } from './env.js';
-import { condition, create, ensureNamespace, eventLines, get, type Json, waitAppRunning } from './kube.js';
+import { type E2eEnv, NAMESPACE, prewarmPath, startE2e, waitForState } from './env.js';
+import {
+  condition,
+  create,
+  ensureNamespace,
+  eventLines,
+  get,
+  type Json,
+  nodePullDiagnostics,
+  waitAppRunning,
+} from './kube.js';
 
 const MiB = 1024 * 1024;
 const NS = 'team-gate';
@@ -179,7 +188,7 @@ describe('startup gating with the real scheduler, and its deadline', { timeout: 
     const served = c.proxy.bytes(blobs);
     assert.ok(
       served >= size && served < size * 1.1,
-      `registry served ${served} B of ${repository}'s blobs for a ${size} B image (warm + pod start); ${JSON.stringify(c.proxy.stats.log.filter((e) => blobs.test(e.path)))}`,
+      `registry served ${served} B of ${repository}'s blobs for a ${size} B image (warm + pod start); ${JSON.stringify(c.proxy.stats.log.filter((e) => blobs.test(e.path)))}\n${served >= size && served < size * 1.1 ? '' : await nodePullDiagnostics(c, NAMESPACE, 'node-2')}`,
     );
     assert.ok(refused.events.length > 0);
   });

@@ -2,8 +2,8 @@
  * kubelet image GC against a warmed image (issue 10, 4d), on a real node in `unpack` mode.
  * kubelet deletes unused images by design (kubernetes#103255); the agent's WarmKeeper sees
  * containerd's image delete event and imports the image again through the node-local
- * mirror, from the node's store, and counts it in the job; the operator shows the count in
- * `status.images[].rewarms`.
+ * mirror, from the node's store, under its digest and its tag, and counts it in the job;
+ * the operator shows the count in `status.images[].rewarms`.
  *
  * The image GC is forced by restarting the node's kubelet with imageGCHighThresholdPercent
  * 1, imageGCLowThresholdPercent 0 and imageMinimumGCAge 0s while no pod uses the warmed
@@ -48,6 +48,7 @@ describe('kubelet image GC: the warmed image is re-warmed from the store and cou
     });
     const imageId = img.manifests[0]!.config.digest;
     const byDigest = `${c.registryHost}/${repository}@${img.digest}`;
+    const byTag = `${c.registryHost}/${repository}:v1`;
     const blobs = new RegExp(`^/v2/${repository}/blobs/sha256:`);
 
     await create(c, prewarmPath(NS), {
@@ -100,7 +101,13 @@ describe('kubelet image GC: the warmed image is re-warmed from the store and cou
     );
     assert.equal(counted.warm, '1/1', 'still warm');
     assert.equal(condition({ status: counted }, 'Ready')?.status, 'True');
-    await waitForState(`${byDigest} back in containerd`, listed, (l) => l.includes(byDigest), 300_000);
+    // Back under both references the job unpacked: the digest and the tag pods name.
+    await waitForState(
+      `${byDigest} and ${byTag} back in containerd`,
+      listed,
+      (l) => l.includes(byDigest) && l.includes(byTag),
+      300_000,
+    );
     assert.equal(
       c.proxy.bytes(blobs),
       0,
@@ -117,7 +124,7 @@ describe('kubelet image GC: the warmed image is re-warmed from the store and cou
     );
     if (gcFailures[0]) t.diagnostic(`first failed GC pass: ${gcFailures[0].slice(0, 300)}`);
 
-    // The re-warmed image serves a pod as an image present on the machine.
+    // The re-warmed image serves a pod that names it by tag as an image present on the machine.
     await create(c, `/api/v1/namespaces/${NS}/pods`, {
       apiVersion: 'v1',
       kind: 'Pod',
@@ -127,7 +134,7 @@ describe('kubelet image GC: the warmed image is re-warmed from the store and cou
         containers: [
           {
             name: 'app',
-            image: byDigest,
+            image: byTag,
             imagePullPolicy: 'IfNotPresent',
             command: ['/bin/busybox', 'sleep', '3600'],
           },
@@ -139,7 +146,7 @@ describe('kubelet image GC: the warmed image is re-warmed from the store and cou
     assert.match(
       events,
       new RegExp(
-        `Pod/app-gc Pulled: Container image "${byDigest.replace(/[.:/@]/g, '\\$&')}" already present on machine`,
+        `Pod/app-gc Pulled: Container image "${byTag.replace(/[.:/@]/g, '\\$&')}" already present on machine`,
       ),
       events,
     );

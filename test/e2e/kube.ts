@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 /**
  * Small helpers over the cluster's API for the end-to-end tests: create objects, read an
  * ImagePrewarm's status, wait for a workload's pods, read events. Every wait reports the
@@ -175,4 +176,30 @@ export async function containerLog(
 ): Promise<string> {
   const q = `container=${container}&tailLines=${o.tailLines ?? 50}${o.previous ? '&previous=true' : ''}`;
   return String((await c.kube.request('GET', `/api/v1/namespaces/${ns}/pods/${pod}/log?${q}`)).body);
+}
+
+/**
+ * What a node did while pulling, for a failed assertion about registry traffic: the agent's
+ * log on that node and containerd's lines about pulls, mirrors and errors.
+ */
+export async function nodePullDiagnostics(c: ClusterHandle, ns: string, nodeName: string): Promise<string> {
+  const out: string[] = [];
+  const agents = await podsOf(c, ns, 'app.kubernetes.io/component=agent');
+  for (const p of agents.filter((a) => a.spec?.nodeName === nodeName)) {
+    out.push(
+      `--- agent ${p.metadata.name} ---`,
+      await containerLog(c, ns, p.metadata.name, 'agent', { tailLines: 80 }),
+    );
+  }
+  const node = c.nodes.find((n) => n.name === nodeName);
+  if (node) {
+    const log = await readFile(node.containerd.logPath, 'utf8').catch(
+      (err: Error) => `(no log: ${err.message})`,
+    );
+    const lines = log
+      .split('\n')
+      .filter((l) => /PullImage|mirror|fallback|error|failed|trying next host/i.test(l));
+    out.push(`--- containerd on ${nodeName} (pull/mirror/error lines, last 60) ---`, ...lines.slice(-60));
+  }
+  return out.join('\n');
 }

@@ -300,6 +300,20 @@ describe('default values', () => {
       (v: { name: string }) => v.name === sockMount.name,
     );
     assert.deepEqual(sockVol.hostPath, { path: '/run/containerd/containerd.sock', type: 'Socket' });
+    // An unpack waits until containerd pulls through the mirror: it reads certs.d, read-only.
+    const certsMount = uc.volumeMounts.find((m: { mountPath: string }) => m.mountPath === ucfg.hostsTomlDir);
+    assert.equal(ucfg.hostsTomlDir, '/etc/containerd/certs.d');
+    assert.equal(certsMount?.readOnly, true, JSON.stringify(certsMount));
+    const hostsC = container(one(unpack, 'DaemonSet', '-agent'), 'hosts-toml');
+    const regs = hostsC.args
+      .find((a: string) => a.startsWith('--registries='))!
+      .slice('--registries='.length);
+    assert.deepEqual(
+      ucfg.hostsTomlRegistries,
+      regs.split(','),
+      'the registries the hosts-toml container writes',
+    );
+    assert.equal(cfg.hostsTomlDir, '', 'cache mode does not wait and does not mount certs.d');
 
     const ports = new Map(
       c.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]),

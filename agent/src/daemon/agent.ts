@@ -14,6 +14,7 @@ import type { BlobTarget } from '../fetch/sources.js';
 import { Mirror } from '../mirror/mirror.js';
 import { PeerServer, readPeerTokens } from '../mirror/peer-server.js';
 import { CriImageService } from '../runtime/cri-image-service.js';
+import { MirrorRoute } from '../runtime/mirror-route.js';
 import { FsBlobStore } from '../store/fs-store.js';
 import { GarbageCollector, type GcReport } from '../store/gc.js';
 import { LeaseSet } from '../store/leases.js';
@@ -281,6 +282,15 @@ export class AgentDaemon {
         peerDirectory,
         egress,
         ...(warmerFor ? { warmerFor } : {}),
+        ...(c.hostsTomlDir
+          ? {
+              mirrorRoute: new MirrorRoute({
+                configPath: c.hostsTomlDir,
+                registries: c.hostsTomlRegistries,
+                timeoutMs: c.mirrorRouteWaitMs,
+              }),
+            }
+          : {}),
       },
     );
 

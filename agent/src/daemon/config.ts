@@ -108,6 +108,18 @@ function hostList(raw: string): string[] {
   return hosts;
 }
 
+/** Registry host namespaces of containerd's config_path: hosts and `_default`. */
+function namespaceList(raw: string): string[] {
+  const list = raw
+    .split(',')
+    .map((h) => h.trim())
+    .filter(Boolean);
+  for (const h of list)
+    if (h !== '_default' && !isValidRegistryHost(h))
+      throw new Error(`${JSON.stringify(h)} is neither a registry host nor _default`);
+  return list;
+}
+
 /** The egress allow-list: hosts and `_default`, validated by the policy itself. */
 function registryList(raw: string): string[] {
   const list = raw
@@ -351,6 +363,27 @@ export const AGENT_SETTINGS = {
     default: '/run/containerd/containerd.sock',
     description: 'containerd socket for CRI PullImage/ImageStatus (`unpack` mode, re-checks); empty = none.',
     parse: (raw: string) => raw,
+  }),
+  hostsTomlDir: setting({
+    env: 'KUBE_PREWARM_HOSTS_TOML_DIR',
+    default: '',
+    description:
+      "containerd's registry config_path as mounted in the agent (read-only; chart: with agent.mirror.hostsToml). Before an unpack the agent waits until the job's registry's hosts.toml there is kube-prewarm's, so containerd pulls from the node mirror (the store) and not from the registry a second time. Empty: no wait.",
+    parse: (raw: string) => raw,
+  }),
+  hostsTomlRegistries: setting({
+    env: 'KUBE_PREWARM_HOSTS_TOML_REGISTRIES',
+    default: '',
+    description:
+      "Comma-separated registries hosts.toml is written for (the hosts-toml container's --registries; `_default` = every other one). An unpack for a registry not covered does not wait.",
+    parse: namespaceList,
+  }),
+  mirrorRouteWaitMs: setting({
+    env: 'KUBE_PREWARM_MIRROR_ROUTE_WAIT',
+    default: '2m',
+    description:
+      'Longest an unpack waits for containerd to be pointed at the mirror (KUBE_PREWARM_HOSTS_TOML_DIR); after it the unpack goes ahead with a warning (containerd then pulls from the registry).',
+    parse: duration(0),
   }),
   dockerConfigPath: setting({
     env: 'KUBE_PREWARM_DOCKER_CONFIG',

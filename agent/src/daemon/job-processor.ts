@@ -6,7 +6,8 @@ import type { PrewarmJobProgress, PrewarmJobResult } from '../../../oci/src/job-
 import { formatBytes } from '../cli/format.js';
 import type { ImageWarmer, WarmProgress, WarmResult } from '../fetch/image-warmer.js';
 import type { PeerDirectory } from '../fetch/peer-directory.js';
-import { unpackImage } from '../runtime/unpack.js';
+import type { MirrorRoute } from '../runtime/mirror-route.js';
+import { type UnpackResult, unpackImage } from '../runtime/unpack.js';
 import type { BlobStore, ImageRecord } from '../store/blob-store.js';
 import type { BlobWant, GarbageCollector, GcReport, Reservation } from '../store/gc.js';
 import type { LeaseSet } from '../store/leases.js';
@@ -116,6 +117,11 @@ export interface PrewarmProcessorDeps {
    * disabled): a job's `pullSecrets` are ignored.
    */
   warmerFor?: (pullSecrets: readonly string[], job: PullSecretJob) => Promise<JobWarmer>;
+  /**
+   * Whether containerd pulls a registry through the node mirror yet (its hosts.toml). An
+   * unpack waits for it, so the runtime reads the store instead of the registry.
+   */
+  mirrorRoute?: MirrorRoute | undefined;
 }
 
 /** A warmer scoped to one job (see `PrewarmProcessorDeps.warmerFor`). */
@@ -150,6 +156,31 @@ export class PrewarmProcessor {
       const f = classifyFailure(err);
       throw new JobFailure(f.code, f.message.slice(f.code.length + 2), true, err);
     }
+  }
+
+  /**
+   * Imports a warmed image into the runtime (CRI PullImage by digest, then by `tag`), once
+   * containerd pulls its registry through the node mirror (or after the route wait, with a
+   * warning). Used by `unpack` jobs and by the re-import after the runtime lost an image.
+   */
+  async importToRuntime(parsed: ParsedJob, signal: AbortSignal, log: Logger): Promise<UnpackResult> {
+    const { data } = parsed;
+    const route = await this.#deps.mirrorRoute?.wait(parsed.ref.registry, signal);
+    if (route?.outcome === 'timeout')
+      log.warn(
+        { registry: parsed.ref.registry, file: route.file, waitedMs: route.waitedMs },
+        'containerd is not pointed at the node mirror for this registry yet: the unpack pulls from the registry',
+      );
+    else if (route?.outcome === 'routed' && route.waitedMs > 0)
+      log.info(
+        { registry: parsed.ref.registry, waitedMs: route.waitedMs },
+        'containerd now pulls through the mirror',
+      );
+    return unpackImage(
+      this.#deps.runtime!,
+      { repository: data.repository, digest: data.digest, ...(data.tag ? { tag: data.tag } : {}) },
+      { signal },
+    );
   }
 
   async process(job: PrewarmJobHandle, signal: AbortSignal): Promise<PrewarmJobResult> {
@@ -202,11 +233,7 @@ export class PrewarmProcessor {
       if (data.mode === 'unpack') {
         // By digest (exactly what was warmed), then by tag: kubelet looks pods' images up by
         // the reference they name, and a tag still on this digest costs no transfer.
-        const unpacked = await unpackImage(
-          this.#deps.runtime!,
-          { repository: data.repository, digest: data.digest, ...(data.tag ? { tag: data.tag } : {}) },
-          { signal },
-        );
+        const unpacked = await this.importToRuntime(parsed, signal, log);
         if (unpacked.tagMatches === false)
           log.warn(
             { tag: data.tag },

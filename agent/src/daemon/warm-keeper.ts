@@ -162,7 +162,9 @@ export class WarmKeeper {
             ...(record ? [...record.manifests, ...record.blobs] : []),
           ]);
           try {
-            await runtime!.pullImage(image, { signal });
+            // By digest, then by tag as the job did: kubelet looks pods' images up by the
+            // reference they name, so a re-import without the tag would not be found.
+            await processor.importToRuntime(parsed, signal, log);
           } finally {
             lease.release();
           }
