@@ -203,3 +203,16 @@ export async function nodePullDiagnostics(c: ClusterHandle, ns: string, nodeName
   }
   return out.join('\n');
 }
+
+/** The operator's last log lines mentioning `needle` (for a failed assertion about its decisions). */
+export async function operatorLogAbout(c: ClusterHandle, ns: string, needle: string): Promise<string> {
+  const out: string[] = [];
+  for (const p of await podsOf(c, ns, 'app.kubernetes.io/component=operator')) {
+    const log = await containerLog(c, ns, p.metadata.name, 'operator', { tailLines: 2000 }).catch(
+      (err: Error) => `(no log: ${err.message})`,
+    );
+    const lines = log.split('\n').filter((l) => l.includes(needle));
+    out.push(`--- operator ${p.metadata.name} (lines naming ${needle}, last 40) ---`, ...lines.slice(-40));
+  }
+  return out.join('\n');
+}

@@ -68,11 +68,16 @@ export class ClientNodePort implements KubePort {
     });
   }
 
-  async patchPrewarmStatus(namespace: string, name: string, status: Record<string, unknown>): Promise<void> {
-    await this.#custom.patchNamespacedCustomObjectStatus(
+  async patchPrewarmStatus(
+    namespace: string,
+    name: string,
+    status: Record<string, unknown>,
+  ): Promise<string | undefined> {
+    const res = (await this.#custom.patchNamespacedCustomObjectStatus(
       { group: GROUP, version: VERSION, namespace, plural: PLURAL, name, body: { status } },
       setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
-    );
+    )) as { metadata?: { resourceVersion?: string } } | undefined;
+    return res?.metadata?.resourceVersion;
   }
 
   async setPrewarmFinalizers(

@@ -136,7 +136,11 @@ export class MemoryKubePort implements KubePort {
     });
   }
 
-  async patchPrewarmStatus(namespace: string, name: string, status: Record<string, unknown>): Promise<void> {
+  async patchPrewarmStatus(
+    namespace: string,
+    name: string,
+    status: Record<string, unknown>,
+  ): Promise<string | undefined> {
     const p = this.prewarms.get(name, namespace);
     if (!p) throw new ApiStatusError(404, `imageprewarm ${namespace}/${name} not found`);
     const merged: Record<string, unknown> = { ...(p.status ?? {}) };
@@ -144,11 +148,13 @@ export class MemoryKubePort implements KubePort {
       if (v === null) delete merged[k];
       else merged[k] = v;
     }
+    const resourceVersion = this.nextResourceVersion();
     this.prewarms.put({
       ...p,
-      metadata: { ...p.metadata, resourceVersion: this.nextResourceVersion() },
+      metadata: { ...p.metadata, resourceVersion },
       status: merged as ImagePrewarm['status'] & object,
     });
+    return resourceVersion;
   }
 
   async setPrewarmFinalizers(

@@ -35,8 +35,16 @@ export interface KubePort extends CredentialSecretsPort {
   readonly prewarms: WatchedCache<ImagePrewarm>;
   /** Nodes, projected to what selection needs (see `nodeView`). */
   readonly nodes: WatchedCache<NodeView>;
-  /** JSON merge patch of the status subresource (null deletes a field). Throws on 404. */
-  patchPrewarmStatus(namespace: string, name: string, status: Record<string, unknown>): Promise<void>;
+  /**
+   * JSON merge patch of the status subresource (null deletes a field). Throws on 404.
+   * Resolves to the object's resourceVersion after the write (undefined if the server did
+   * not say).
+   */
+  patchPrewarmStatus(
+    namespace: string,
+    name: string,
+    status: Record<string, unknown>,
+  ): Promise<string | undefined>;
   /**
    * Sets `metadata.finalizers`, guarded by `resourceVersion` (409 when the object changed:
    * the caller re-reads and retries).

@@ -66,6 +66,7 @@ import {
   type TenancyPolicy,
 } from './tenancy.js';
 import { WorkQueue } from './work-queue.js';
+import { type WrittenStatus, withWrittenStatus } from './written-status.js';
 
 export interface ControllerOptions extends PlanOptions {
   /** Reconciles running at once (never two for the same key). Default 4. */
@@ -89,12 +90,6 @@ interface PendingTrigger {
   /** For tagGlob entries: the concrete tag pushed. */
   tag?: string;
   seq: number;
-}
-
-interface Written {
-  /** resourceVersion of the object the status was computed from. */
-  basedOn: string;
-  status: ImagePrewarmStatus;
 }
 
 const P = 'p/';
@@ -127,7 +122,7 @@ export class PrewarmController {
   >();
   /** Gated nodes without a creation time: when this process first saw them gated (gate deadline). */
   readonly #gatedSeen = new Map<string, number>();
-  readonly #written = new Map<string, Written>();
+  readonly #written = new Map<string, WrittenStatus>();
   readonly #resolveFailures = new Map<string, number>();
   readonly #seenCompleted = new Set<string>();
   readonly #orphans = new Map<string, JobRef>();
@@ -680,12 +675,11 @@ export class PrewarmController {
     return requeue;
   }
 
-  /** The cached object, or the status this controller last wrote if the cache lags behind it. */
+  /** The cached object, with the status this controller last wrote if the cache lags behind it. */
   #withWrittenStatus(key: string, cached: ImagePrewarm): ImagePrewarm {
-    const w = this.#written.get(key);
-    if (w && w.basedOn === cached.metadata.resourceVersion) return { ...cached, status: w.status };
-    if (w) this.#written.delete(key);
-    return cached;
+    const { cr, keep } = withWrittenStatus(cached, this.#written.get(key));
+    if (!keep) this.#written.delete(key);
+    return cr;
   }
 
   async #writeStatus(key: string, cr: ImagePrewarm, status: ImagePrewarmStatus): Promise<void> {
@@ -694,8 +688,12 @@ export class PrewarmController {
     const patch: Record<string, unknown> = { ...status };
     // Merge patch: a field that disappeared must be sent as null.
     for (const k of Object.keys(old)) if (!(k in patch)) patch[k] = null;
-    await this.#kube.patchPrewarmStatus(cr.metadata.namespace, cr.metadata.name, patch);
-    this.#written.set(key, { basedOn: cr.metadata.resourceVersion ?? '', status });
+    const resourceVersion = await this.#kube.patchPrewarmStatus(
+      cr.metadata.namespace,
+      cr.metadata.name,
+      patch,
+    );
+    this.#written.set(key, { uid: cr.metadata.uid ?? '', resourceVersion, status });
   }
 
   /** Credentials from the spec's pull secrets; a missing or malformed one becomes a problem. */
