@@ -18,15 +18,22 @@ after(() => cleanup.run());
 
 const MIRROR = 'http://127.0.0.1:5050';
 
+/** A MirrorRoute over a fresh certs.d for `registries` (polling every 20 ms, 60 s timeout). */
+async function routeFor(
+  registries: string[],
+  timeoutMs = 60_000,
+): Promise<{ dir: string; route: MirrorRoute }> {
+  const dir = await makeTempDir('route-', cleanup);
+  return { dir, route: new MirrorRoute({ configPath: dir, registries, timeoutMs, pollMs: 20 }) };
+}
+
+/** Writes kube-prewarm's hosts.toml for `registry` as the chart's installer does. */
+const installOurs = (dir: string, registry: string) =>
+  new HostsTomlInstaller({ configPath: dir, fsync: false }).install([{ registry, mirrors: [MIRROR] }]);
+
 describe('MirrorRoute', () => {
   test('waits for the registry’s hosts.toml to be kube-prewarm’s, then says routed', async () => {
-    const dir = await makeTempDir('route-', cleanup);
-    const route = new MirrorRoute({
-      configPath: dir,
-      registries: ['ghcr.io'],
-      timeoutMs: 60_000,
-      pollMs: 20,
-    });
+    const { dir, route } = await routeFor(['ghcr.io']);
     const waiting = route.wait('ghcr.io');
     // An administrator's file first (not ours: containerd would go to the registry), then ours.
     await mkdir(join(dir, 'ghcr.io'), { recursive: true });
@@ -37,9 +44,7 @@ describe('MirrorRoute', () => {
     });
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(settled, false, 'a foreign file does not count');
-    await new HostsTomlInstaller({ configPath: dir, fsync: false }).install([
-      { registry: 'ghcr.io', mirrors: [MIRROR] },
-    ]);
+    await installOurs(dir, 'ghcr.io');
     const r = await waiting;
     assert.equal(r.outcome, 'routed');
     assert.equal(r.file, join(dir, 'ghcr.io', 'hosts.toml'));
@@ -47,22 +52,13 @@ describe('MirrorRoute', () => {
   });
 
   test('a registry no file is written for does not wait', async () => {
-    const dir = await makeTempDir('route-', cleanup);
-    const route = new MirrorRoute({ configPath: dir, registries: ['ghcr.io'], timeoutMs: 60_000 });
+    const { route } = await routeFor(['ghcr.io']);
     assert.deepEqual(await route.wait('quay.io'), { outcome: 'unmanaged', waitedMs: 0 });
   });
 
   test('_default covers every other registry, unless it has a file of its own', async () => {
-    const dir = await makeTempDir('route-', cleanup);
-    const route = new MirrorRoute({
-      configPath: dir,
-      registries: ['_default'],
-      timeoutMs: 60_000,
-      pollMs: 20,
-    });
-    await new HostsTomlInstaller({ configPath: dir, fsync: false }).install([
-      { registry: '_default', mirrors: [MIRROR] },
-    ]);
+    const { dir, route } = await routeFor(['_default']);
+    await installOurs(dir, '_default');
     const r = await route.wait('quay.io');
     assert.equal(r.outcome, 'routed');
     assert.equal(r.file, join(dir, '_default', 'hosts.toml'));
@@ -75,8 +71,7 @@ describe('MirrorRoute', () => {
   });
 
   test('gives up after the timeout with the file it waited for', async () => {
-    const dir = await makeTempDir('route-', cleanup);
-    const route = new MirrorRoute({ configPath: dir, registries: ['ghcr.io'], timeoutMs: 100, pollMs: 20 });
+    const { dir, route } = await routeFor(['ghcr.io'], 100);
     const r = await route.wait('ghcr.io');
     assert.equal(r.outcome, 'timeout');
     assert.equal(r.file, join(dir, 'ghcr.io', 'hosts.toml'));
@@ -84,13 +79,7 @@ describe('MirrorRoute', () => {
   });
 
   test('an abort ends the wait with the abort', async () => {
-    const dir = await makeTempDir('route-', cleanup);
-    const route = new MirrorRoute({
-      configPath: dir,
-      registries: ['ghcr.io'],
-      timeoutMs: 60_000,
-      pollMs: 20,
-    });
+    const { route } = await routeFor(['ghcr.io']);
     const ac = new AbortController();
     const waiting = route.wait('ghcr.io', ac.signal);
     ac.abort(new Error('job cancelled'));
