@@ -389,8 +389,23 @@ describe('mirror behaviour', () => {
         },
       });
       await started;
+      // From here the registry holds every further chunk until the pull has joined, so the
+      // download cannot finish first however slow the machine is.
+      let release!: () => void;
+      proxy.rules.hold = { method: 'GET', path: /\/blobs\//, until: new Promise<void>((r) => (release = r)) };
       const path = `/v2/conf/race/blobs/${layer.digest}`;
-      const pulled = await raw(m2.url, 'GET', `${path}?ns=${proxy.host}`);
+      const pulling = raw(m2.url, 'GET', `${path}?ns=${proxy.host}`);
+      const deadline = Date.now() + 120_000;
+      while (m2.stats.blobDownloadsJoined < 1) {
+        if (Date.now() > deadline) {
+          release();
+          assert.fail(`the pull never joined the download; mirror stats: ${JSON.stringify(m2.stats)}`);
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      release();
+      proxy.rules.hold = null;
+      const pulled = await pulling;
       await warm;
       assert.equal(pulled.status, 200);
       assert.equal(sha(pulled.body), layer.digest);

@@ -56,6 +56,14 @@ export interface CutRule {
   hits?: number;
 }
 
+/** Requests whose path matches wait, unanswered and not yet forwarded, until `until` settles. */
+export interface HoldRule {
+  /** Upper case; default any. */
+  method?: string;
+  path: RegExp;
+  until: Promise<unknown>;
+}
+
 export interface FaultRules {
   /** Checked in order; the first rule that matches and still has `times` left answers. */
   fail: FailRule[];
@@ -68,6 +76,11 @@ export interface FaultRules {
    */
   redirectBlobsTo: string | null;
   cutAfterBytes: CutRule | null;
+  /**
+   * Holds matching requests (checked before every other rule; they enter the stats when
+   * released): makes "the download is still running when X happens" a condition, not a race.
+   */
+  hold: HoldRule | null;
 }
 
 export interface ProxyLogEntry {
@@ -255,6 +268,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     ignoreRange: false,
     redirectBlobsTo: null,
     cutAfterBytes: null,
+    hold: null,
     ...opts.rules,
   };
   const stats: ProxyStats = {
@@ -268,6 +282,23 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
   const blobStorage = await startBlobStorage({ upstream: opts.upstream });
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const hold = rules.hold;
+    if (
+      hold &&
+      (hold.method === undefined || hold.method === req.method) &&
+      hold.path.test(new URL(req.url ?? '/', 'http://proxy.invalid').pathname)
+    ) {
+      req.pause();
+      const go = () => {
+        if (!res.destroyed) serve(req, res);
+      };
+      hold.until.then(go, go);
+      return;
+    }
+    serve(req, res);
+  };
+
+  const serve = (req: IncomingMessage, res: ServerResponse): void => {
     const method = req.method ?? 'GET';
     const path = new URL(req.url ?? '/', 'http://proxy.invalid').pathname;
     const range = typeof req.headers.range === 'string' ? req.headers.range : undefined;

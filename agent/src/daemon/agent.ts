@@ -8,6 +8,7 @@ import { type CredentialProvider, loadDockerConfigFile, StaticCredentials } from
 import { RegistryClient } from '../../../oci/src/client.js';
 import { classifyHost, parseHost } from '../../../oci/src/egress-policy.js';
 import { nodeQueueName, QUEUE_PREFIX } from '../../../oci/src/job-contract.js';
+import { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { ImageWarmer } from '../fetch/image-warmer.js';
 import { RedisPeerDirectory } from '../fetch/peer-directory.js';
 import type { BlobTarget } from '../fetch/sources.js';
@@ -22,7 +23,7 @@ import { scanStore } from '../store/store-scan.js';
 import { blobMetering } from './blob-metering.js';
 import { type AgentConfig, defaultPlatform, egressPolicy, redactConfig } from './config.js';
 import { ContainerdImageEvents } from './containerd-events.js';
-import { GatedBlobFetcher } from './gated-fetcher.js';
+import { GatedFetcher } from './gated-fetcher.js';
 import { HealthServer } from './health-server.js';
 import { type JobWarmer, PrewarmProcessor } from './job-processor.js';
 import { AgentMetrics } from './metrics.js';
@@ -72,7 +73,7 @@ export class AgentDaemon {
   #client: RegistryClient | undefined;
   #mirrorClient: RegistryClient | undefined;
   #dispatcher: Dispatcher | undefined;
-  #fetcher: GatedBlobFetcher | undefined;
+  #fetcher: GatedFetcher | undefined;
   #redis: Redis | undefined;
   #queue: Queue | undefined;
   #worker: PrewarmWorker | undefined;
@@ -204,13 +205,15 @@ export class AgentDaemon {
       // Few retries: a mirror that waits on a sick upstream holds up the pull it should speed up.
       retry: { attempts: 2, maxDelayMs: 500 },
     });
-    const fetcher = new GatedBlobFetcher(store, {
-      chunkSize: c.chunkSize,
-      concurrencyPerBlob: c.chunkConcurrency,
-      initialConcurrency: c.chunkInitialConcurrency,
-      maxConnections: c.maxConnections,
-      bandwidthBytesPerSec: c.bandwidthBytesPerSec,
-    });
+    const fetcher = new GatedFetcher(
+      new BlobFetcher(store, {
+        chunkSize: c.chunkSize,
+        concurrencyPerBlob: c.chunkConcurrency,
+        initialConcurrency: c.chunkInitialConcurrency,
+        maxConnections: c.maxConnections,
+        bandwidthBytesPerSec: c.bandwidthBytesPerSec,
+      }),
+    );
     this.#fetcher = fetcher;
     const warmer = new ImageWarmer(this.#client, fetcher, store);
     const dispatcher = this.#dispatcher;

@@ -95,7 +95,7 @@ export interface PrewarmProcessorDeps {
   runtime?: RuntimeImageService | undefined;
   /**
    * Holds the job's blob downloads (fetches made with `signal`) until `ready` settles
-   * (GatedBlobFetcher.gate), so nothing is downloaded before room is reserved.
+   * (GatedFetcher.gate), so nothing is downloaded before room is reserved.
    */
   gate?: (signal: AbortSignal, ready: Promise<void>) => void;
   /** Peers holding blobs, asked before the registry; this node announces what it stores. */

@@ -11,7 +11,6 @@ import type { Digest } from '../../../oci/src/digest.js';
 import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import type { Descriptor } from '../../../oci/src/manifest.js';
 import type { BlobStore } from '../store/blob-store.js';
-import type { BlobFetcher, FetchOptions } from './blob-fetcher.js';
 import {
   type EstargzLayout,
   type PlainReason,
@@ -20,10 +19,11 @@ import {
   type RangeReader,
   verifyStartupRegion,
 } from './estargz.js';
+import type { Fetcher, FetchOptions } from './fetcher.js';
 import type { BlobSource, BlobTarget } from './sources.js';
 
 export interface StartupFirstOptions {
-  fetcher: BlobFetcher;
+  fetcher: Fetcher;
   store: BlobStore;
   /** Sources for footer and TOC reads, in preference order (peers first, registry last). */
   sourcesFor: (digest: Digest) => Promise<BlobSource[]>;
@@ -174,7 +174,9 @@ export class StartupFirst {
 
   /** Fetch options that put descriptor `i`'s startup region first and hold the rest. */
   fetchOptions(i: number): Pick<FetchOptions, 'priority'> {
-    const l = this.#layers.get(i);
+    // A repeat of a layer gets its first occurrence's options: whichever of the two fetches
+    // registers the shared download first, it starts with the startup ranges and the hold.
+    const l = this.#layers.get(this.#alias[i] as number);
     if (!l) return {};
     return { priority: { ranges: l.layout.startupRanges, holdRestUntil: l.held } };
   }

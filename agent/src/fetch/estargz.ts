@@ -13,10 +13,14 @@
  * tell us where things are (useful for ordering) but verifies nothing.
  */
 import { promisify } from 'node:util';
-import { createGunzip, gunzip } from 'node:zlib';
+import { gunzip } from 'node:zlib';
 import { type Digest, isDigest, sha256 } from '../../../oci/src/digest.js';
 import { MediaTypes } from '../../../oci/src/media-types.js';
 import type { ByteRange } from '../store/ranges.js';
+import { cleanName, cString, paxPath, tarChecksumOk, tarName, tarNumber } from './tar-header.js';
+
+// Startup-region verification lives in its own module; re-exported here, where callers find it.
+export { type StartupCheck, verifyStartupRegion } from './estargz-verify.js';
 
 const gunzipP = promisify(gunzip);
 
@@ -386,134 +390,4 @@ function layoutOf(
     startupRanges,
     entryCount: entries.length,
   };
-}
-
-export type StartupCheck = { ok: true } | { ok: false; reason: string };
-
-/**
- * Verifies a layer's startup region as it lies on disk (read through `read`): the TOC and
- * footer bytes must hash to what was verified while probing, and every payload chunk in
- * the prefetch region must decompress to bytes hashing to its TOC chunk digest. A layout
- * whose TOC is unverified, or that has a chunk without a digest, never passes. Tar headers
- * between payloads have no digest of their own: only the whole-blob digest covers them.
- */
-export async function verifyStartupRegion(layout: EstargzLayout, read: RangeReader): Promise<StartupCheck> {
-  if (layout.unverifiable !== undefined) return { ok: false, reason: layout.unverifiable };
-  const tail = await read(layout.tocOffset, layout.size);
-  if (sha256(tail) !== layout.tailDigest)
-    return { ok: false, reason: 'TOC bytes on disk differ from the verified TOC' };
-  const byMember = new Map<number, PrefetchChunk[]>();
-  for (const c of layout.prefetchChunks) {
-    const list = byMember.get(c.memberStart);
-    if (list) list.push(c);
-    else byMember.set(c.memberStart, [c]);
-  }
-  for (const [start, list] of byMember) {
-    const end = (list[0] as PrefetchChunk).memberEnd;
-    const need = Math.max(...list.map((c) => c.innerOffset + c.length));
-    let plain: Buffer;
-    try {
-      plain = await inflatePrefix(await read(start, end), need);
-    } catch (err) {
-      return { ok: false, reason: `member at ${start} (${list[0]?.name}): ${(err as Error).message}` };
-    }
-    for (const c of list) {
-      const actual = sha256(plain.subarray(c.innerOffset, c.innerOffset + c.length));
-      if (actual !== c.digest) {
-        return { ok: false, reason: `${c.name}: chunk hashes to ${actual}, TOC says ${c.digest}` };
-      }
-    }
-  }
-  return { ok: true };
-}
-
-/** Decompresses the first `need` bytes of a gzip stream (and stops there). */
-function inflatePrefix(gz: Buffer, need: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    if (need === 0) {
-      resolve(Buffer.alloc(0));
-      return;
-    }
-    const z = createGunzip();
-    const out: Buffer[] = [];
-    let got = 0;
-    let settled = false;
-    const finish = (err?: Error) => {
-      if (settled) return;
-      settled = true;
-      z.destroy();
-      if (err) reject(err);
-      else resolve(Buffer.concat(out).subarray(0, need));
-    };
-    z.on('data', (b: Buffer) => {
-      out.push(b);
-      got += b.length;
-      if (got >= need) finish();
-    });
-    z.on('end', () =>
-      finish(got >= need ? undefined : new Error(`decompresses to ${got} bytes, need ${need}`)),
-    );
-    z.on('error', (err) => finish(err));
-    z.end(gz);
-  });
-}
-
-function cleanName(name: string): string {
-  return name.replace(/^(\.\/|\/)+/, '');
-}
-
-function cString(b: Buffer): string {
-  const z = b.indexOf(0);
-  return b.subarray(0, z < 0 ? b.length : z).toString('utf8');
-}
-
-function tarName(h: Buffer): string {
-  const name = cString(h.subarray(0, 100));
-  const ustar = h.subarray(257, 262).toString('latin1') === 'ustar';
-  const prefix = ustar ? cString(h.subarray(345, 500)) : '';
-  return prefix ? `${prefix}/${name}` : name;
-}
-
-/** Octal (NUL/space terminated) or GNU base-256 numbers. */
-function tarNumber(f: Buffer): number {
-  if (((f[0] ?? 0) & 0x80) !== 0) {
-    let n = 0n;
-    for (let i = 1; i < f.length; i++) n = (n << 8n) | BigInt(f[i] ?? 0);
-    if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error('tar size too large');
-    return Number(n);
-  }
-  const s = f
-    .toString('latin1')
-    .replace(/[\0 ]+$/, '')
-    .trim();
-  if (s === '') return 0;
-  if (!/^[0-7]+$/.test(s)) throw new Error(`bad tar number ${JSON.stringify(s)}`);
-  return Number.parseInt(s, 8);
-}
-
-function tarChecksumOk(h: Buffer): boolean {
-  let sum = 0;
-  for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 0x20 : (h[i] as number);
-  try {
-    return tarNumber(h.subarray(148, 156)) === sum;
-  } catch {
-    return false;
-  }
-}
-
-/** The `path` record of a PAX extended header, if any. */
-function paxPath(data: Buffer): string | undefined {
-  let pos = 0;
-  let path: string | undefined;
-  while (pos < data.length) {
-    const sp = data.indexOf(0x20, pos);
-    if (sp < 0) break;
-    const len = Number.parseInt(data.subarray(pos, sp).toString('latin1'), 10);
-    if (!Number.isSafeInteger(len) || len <= 0) break;
-    const rec = data.subarray(sp + 1, pos + len - 1).toString('utf8');
-    const eq = rec.indexOf('=');
-    if (eq > 0 && rec.slice(0, eq) === 'path') path = rec.slice(eq + 1);
-    pos += len;
-  }
-  return path;
 }

@@ -1,4 +1,4 @@
-import type { RegistryClient } from '../../../oci/src/client.js';
+import type { RegistryClient, ResolvedImage } from '../../../oci/src/client.js';
 import { eachLimited } from '../../../oci/src/concurrency.js';
 import type { Digest } from '../../../oci/src/digest.js';
 import { abortError } from '../../../oci/src/errors.js';
@@ -6,9 +6,9 @@ import { type Descriptor, manifestBlobs } from '../../../oci/src/manifest.js';
 import { formatPlatform, type Platform } from '../../../oci/src/platform.js';
 import { formatReference, type ImageReference } from '../../../oci/src/reference.js';
 import type { BlobStore, ImageRecord } from '../store/blob-store.js';
-import type { BlobFetcher, FetchResult } from './blob-fetcher.js';
 import type { ProbeOptions } from './estargz.js';
 import { StartupFirst, type StartupSummary } from './estargz-startup.js';
+import type { Fetcher, FetchResult } from './fetcher.js';
 import type { PeerDirectory } from './peer-directory.js';
 import { type BlobSource, type BlobTarget, RegistrySource } from './sources.js';
 
@@ -84,7 +84,7 @@ export interface WarmResult {
 export class ImageWarmer {
   constructor(
     readonly client: RegistryClient,
-    readonly fetcher: BlobFetcher,
+    readonly fetcher: Fetcher,
     readonly store: BlobStore,
   ) {}
 
@@ -103,19 +103,8 @@ export class ImageWarmer {
     const resolved = await this.client.resolveImage(ref, opts.platform, opts.signal);
     if (resolved.index) await this.store.putBytes(resolved.index.digest, resolved.index.bytes);
     await this.store.putBytes(resolved.image.digest, resolved.image.bytes);
-    const manifest = resolved.image.manifest;
-    const descriptors = manifestBlobs(manifest);
-    progress.phase = 'fetching';
-    progress.manifestDigest = resolved.image.digest;
-    progress.layersTotal = manifest.layers.length;
-    progress.bytesTotal = descriptors.reduce((n, d) => n + d.size, 0);
-    progress.blobs = descriptors.map((d) => ({
-      digest: d.digest,
-      mediaType: d.mediaType,
-      size: d.size,
-      bytesDone: 0,
-      done: false,
-    }));
+    const descriptors = manifestBlobs(resolved.image.manifest);
+    startFetching(progress, resolved, descriptors);
     emit();
 
     const registrySource = new RegistrySource(this.client, ref.registry);
@@ -186,33 +175,72 @@ export class ImageWarmer {
       startup?.close();
     }
 
-    const record: ImageRecord = {
-      repository: `${ref.registry}/${ref.repository}`,
-      ...(ref.tag ? { tag: ref.tag } : {}),
-      digest: resolved.digest,
-      manifestDigest: resolved.image.digest,
-      platform: formatPlatform(opts.platform),
-      manifests: resolved.index ? [resolved.index.digest, resolved.image.digest] : [resolved.image.digest],
-      blobs: descriptors.map((d) => d.digest),
-      size: progress.bytesTotal + resolved.image.bytes.byteLength + (resolved.index?.bytes.byteLength ?? 0),
-      warmedAt: Date.now(),
-    };
+    const record = imageRecord(ref, resolved, descriptors, opts.platform, progress.bytesTotal);
     await this.store.putImage(record);
     progress.phase = 'warm';
     emit();
-    // A blob listed twice (or joined from another warm) was downloaded once: count it once.
-    const unique = [...new Map(results.map((r) => [r.digest, r])).values()];
-    const sum = (f: (r: FetchResult) => number) => unique.reduce((n, r) => n + f(r), 0);
     return {
       reference: formatReference({ ...ref, digest: resolved.digest }),
       record,
       blobs: results,
       bytesTotal: progress.bytesTotal,
-      bytesFromRegistry: sum((r) => r.bytesFromRegistry),
-      bytesFromPeers: sum((r) => r.bytesFromPeers),
-      bytesAlreadyPresent: sum((r) => r.bytesAlreadyPresent),
+      ...byteCounts(results),
       durationMs: performance.now() - started,
       ...(startup ? { startup: startup.summary } : {}),
     };
   }
+}
+
+/** Moves `progress` to 'fetching': the manifest is known, every blob listed with nothing done. */
+function startFetching(
+  progress: WarmProgress,
+  resolved: ResolvedImage,
+  descriptors: readonly Descriptor[],
+): void {
+  progress.phase = 'fetching';
+  progress.manifestDigest = resolved.image.digest;
+  progress.layersTotal = resolved.image.manifest.layers.length;
+  progress.bytesTotal = descriptors.reduce((n, d) => n + d.size, 0);
+  progress.blobs = descriptors.map((d) => ({
+    digest: d.digest,
+    mediaType: d.mediaType,
+    size: d.size,
+    bytesDone: 0,
+    done: false,
+  }));
+}
+
+/** The record of a warmed image: what the mirror serves and GC keeps together. */
+function imageRecord(
+  ref: ImageReference,
+  resolved: ResolvedImage,
+  descriptors: readonly Descriptor[],
+  platform: Platform,
+  bytesTotal: number,
+): ImageRecord {
+  return {
+    repository: `${ref.registry}/${ref.repository}`,
+    ...(ref.tag ? { tag: ref.tag } : {}),
+    digest: resolved.digest,
+    manifestDigest: resolved.image.digest,
+    platform: formatPlatform(platform),
+    manifests: resolved.index ? [resolved.index.digest, resolved.image.digest] : [resolved.image.digest],
+    blobs: descriptors.map((d) => d.digest),
+    size: bytesTotal + resolved.image.bytes.byteLength + (resolved.index?.bytes.byteLength ?? 0),
+    warmedAt: Date.now(),
+  };
+}
+
+/** Byte counts of a warm's fetches. */
+function byteCounts(
+  results: readonly FetchResult[],
+): Pick<WarmResult, 'bytesFromRegistry' | 'bytesFromPeers' | 'bytesAlreadyPresent'> {
+  // A blob listed twice (or joined from another warm) was downloaded once: count it once.
+  const unique = [...new Map(results.map((r) => [r.digest, r])).values()];
+  const sum = (f: (r: FetchResult) => number) => unique.reduce((n, r) => n + f(r), 0);
+  return {
+    bytesFromRegistry: sum((r) => r.bytesFromRegistry),
+    bytesFromPeers: sum((r) => r.bytesFromPeers),
+    bytesAlreadyPresent: sum((r) => r.bytesAlreadyPresent),
+  };
 }

@@ -84,3 +84,19 @@ export class Semaphore {
     };
   }
 }
+
+/**
+ * Takes `n` bytes from the node-wide bucket and the download's own (either may be
+ * unlimited); undefined when neither limits, so the hot path stays synchronous.
+ */
+export function takeTokens(
+  node: TokenBucket,
+  own: TokenBucket | undefined,
+  n: number,
+  signal: AbortSignal,
+): Promise<unknown> | undefined {
+  const a = node.unlimited ? undefined : node.take(n, signal);
+  const b = own === undefined || own.unlimited ? undefined : own.take(n, signal);
+  if (a && b) return Promise.all([a, b]);
+  return a ?? b;
+}

@@ -2,7 +2,7 @@ import { open } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { Digest } from '../../../oci/src/digest.js';
-import type { InflightBlob } from '../fetch/blob-fetcher.js';
+import type { InflightBlob } from '../fetch/fetcher.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { MirrorHttpError } from './oci-errors.js';
 import { parseRange, type RangeRequest } from './range.js';

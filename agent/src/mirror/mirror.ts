@@ -5,7 +5,7 @@ import type { Digest } from '../../../oci/src/digest.js';
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
 import { hostPlatform } from '../../../oci/src/platform.js';
 import { isValidRegistryHost } from '../../../oci/src/reference.js';
-import type { BlobFetcher, InflightBlob } from '../fetch/blob-fetcher.js';
+import type { Fetcher, InflightBlob } from '../fetch/fetcher.js';
 import { type BlobTarget, RegistrySource } from '../fetch/sources.js';
 import type { BlobStore } from '../store/blob-store.js';
 import {
@@ -30,7 +30,7 @@ export { parseListen } from './http-listener.js';
 export interface MirrorDeps {
   store: BlobStore;
   /** The same fetcher the prewarm jobs use, so a pull joins their downloads (single-flight). */
-  fetcher: BlobFetcher;
+  fetcher: Fetcher;
   /**
    * Reaches upstreams; its egress policy decides which (`client.egress`). The mirror only
    * ever sends the requesting client's own authorization, never this client's credentials:
@@ -409,39 +409,26 @@ export class Mirror {
   }
 
   /**
-   * Starts (or joins) the fetcher's download of `target` and returns it once it is in
-   * flight, or `committed` if it finished first. The registry is asked with the client's
-   * authorization. The download runs to completion even if this client goes away: the next
-   * pull will want the same blob.
+   * Starts (or joins) the fetcher's download of `target` and returns it, or `committed` when
+   * the blob was committed meanwhile (a download that just finished). The registry is asked
+   * with the client's authorization. The download runs to completion even if this client
+   * goes away: the next pull will want the same blob. Its failure reaches this request
+   * through the download itself ('error', see waitForFirstByte and streamInflightBlob).
    */
   async #startDownload(target: BlobTarget, forward: ForwardedAuth): Promise<InflightBlob | 'committed'> {
-    const { fetcher, client } = this.#deps;
+    const { store, fetcher, client } = this.#deps;
     // A peer directory outage must not fail a pull: the registry is always the last source.
     const peers = await Promise.resolve()
       .then(() => this.#peers(target))
       .catch(() => []);
+    if (await store.stat(target.digest)) return 'committed';
     const sources = [...peers, new RegistrySource(client, target.registry, { forward })];
-    let settled: 'ok' | 'failed' | undefined;
-    let failure: unknown;
-    const p = fetcher.fetch(target, { sources });
-    p.then(
-      () => {
-        settled = 'ok';
-      },
-      (err: unknown) => {
-        settled = 'failed';
-        failure = err;
-        this.#log.warn({ err, digest: target.digest }, 'mirror-started download failed');
-      },
+    // Registered before startOrJoin returns: nothing to wait for between starting and reading.
+    const { blob, result } = fetcher.startOrJoin(target, { sources });
+    result.catch((err: unknown) =>
+      this.#log.warn({ err, digest: target.digest }, 'mirror-started download failed'),
     );
-    // fetch() registers the download after an async stat of the store: wait for either.
-    for (;;) {
-      const blob = fetcher.inflight(target.digest);
-      if (blob) return blob;
-      if (settled === 'ok') return 'committed';
-      if (settled === 'failed') throw toMirrorHttpError(failure);
-      await new Promise((resolve) => setImmediate(resolve));
-    }
+    return blob;
   }
 }
 

@@ -6,7 +6,7 @@ import { header } from '../../../oci/src/client.js';
 import type { Digest } from '../../../oci/src/digest.js';
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../../../oci/src/manifest.js';
-import type { BlobFetcher } from '../fetch/blob-fetcher.js';
+import type { Fetcher } from '../fetch/fetcher.js';
 import type { BlobStore } from '../store/blob-store.js';
 import {
   blobHeaders,
@@ -57,7 +57,7 @@ export async function readPeerTokens(path: string): Promise<string[]> {
 export interface PeerServerDeps {
   store: BlobStore;
   /** The node's fetcher: downloads in flight are served to peers as they land. */
-  fetcher: BlobFetcher;
+  fetcher: Fetcher;
 }
 
 export interface PeerServerOptions {
