@@ -22,8 +22,9 @@ import { OperatorMetrics } from './metrics.js';
 import { BullJobQueue, type BullJobQueueOptions } from './queue/bull-job-queue.js';
 import type { JobQueue } from './queue/job-queue.js';
 import { PushInbox, type PushInboxOptions } from './queue/push-inbox.js';
+import type { PushEventLike } from './queue/types.js';
 import { type ControllerOptions, PrewarmController } from './reconcile/controller.js';
-import { matchPush, type PushEventLike } from './reconcile/push-match.js';
+import { matchPush } from './reconcile/push-match.js';
 import type { Resolver } from './resolve/resolver.js';
 
 export interface OperatorDeps {

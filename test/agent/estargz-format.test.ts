@@ -16,8 +16,8 @@ import {
   parseFooter,
   probeEstargz,
   type RangeReader,
-  verifyStartupRegion,
 } from '../../agent/src/fetch/estargz.js';
+import { verifyStartupRegion } from '../../agent/src/fetch/estargz-verify.js';
 import type { Digest } from '../../oci/src/digest.js';
 import { type BuiltEstargzLayer, estargzFooter, writeEstargzLayer } from '../harness/estargz.js';
 import { Cleanup, makeTempDir } from '../harness/index.js';

@@ -8,10 +8,11 @@ import { describe, test } from 'node:test';
 import type { Digest } from '../../oci/src/digest.js';
 import { prewarmJobId } from '../../oci/src/job-contract.js';
 import type { ImagePrewarmSpec } from '../../operator/src/api/types.js';
+import type { NodeView } from '../../operator/src/kube/node-view.js';
 import { parseJobHash } from '../../operator/src/queue/bull-job-queue.js';
+import type { JobObservation } from '../../operator/src/queue/types.js';
 import { gateDeadlineMs, gateDecision } from '../../operator/src/reconcile/gate.js';
-import type { NodeView } from '../../operator/src/reconcile/nodes.js';
-import { type JobObservation, type PlanInput, plan } from '../../operator/src/reconcile/plan.js';
+import { type PlanInput, plan } from '../../operator/src/reconcile/plan.js';
 
 const D = (c: string): Digest => `sha256:${c.repeat(64)}` as Digest;
 const NOW = Date.parse('2026-01-01T00:00:00Z');

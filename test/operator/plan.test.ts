@@ -12,10 +12,11 @@ import type { Digest } from '../../oci/src/digest.js';
 import { prewarmJobId } from '../../oci/src/job-contract.js';
 import type { ImagePrewarm, ImagePrewarmSpec, ImageStatus } from '../../operator/src/api/types.js';
 import { configTable, loadConfig, SETTINGS } from '../../operator/src/config.js';
+import type { NodeView } from '../../operator/src/kube/node-view.js';
 import { parseJobHash } from '../../operator/src/queue/bull-job-queue.js';
-import { exclusion, type NodeView, selectNodes, tolerates } from '../../operator/src/reconcile/nodes.js';
+import type { JobObservation } from '../../operator/src/queue/types.js';
+import { exclusion, selectNodes, tolerates } from '../../operator/src/reconcile/nodes.js';
 import {
-  type JobObservation,
   jobNode,
   jobRefsToObserve,
   type PlanInput,

@@ -21,14 +21,10 @@ import {
   repointJobs,
 } from '../../operator/src/credentials/pull-credentials.js';
 import { MemoryKubePort } from '../../operator/src/kube/memory-port.js';
+import type { NodeView } from '../../operator/src/kube/node-view.js';
 import { silentLogger } from '../../operator/src/logger.js';
-import type { NodeView } from '../../operator/src/reconcile/nodes.js';
-import {
-  type JobObservation,
-  type PlanInput,
-  plan,
-  type ResolvedImage,
-} from '../../operator/src/reconcile/plan.js';
+import type { JobObservation } from '../../operator/src/queue/types.js';
+import { type PlanInput, plan, type ResolvedImage } from '../../operator/src/reconcile/plan.js';
 import {
   gateNodesAllowed,
   pinnedQuotaFor,

@@ -5,12 +5,12 @@ import { hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
 import { parseReference } from '../../../oci/src/reference.js';
 import { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { ImageWarmer } from '../fetch/image-warmer.js';
-import { SERVE_USAGE, serveCommand } from '../mirror/serve-command.js';
-import { HOSTS_USAGE, hostsTomlCommand } from '../runtime/hosts-command.js';
+import { formatBytes, formatDuration, parseSize } from '../util/format.js';
 import { openStoreFromFlags, registryClientFromFlags, STORE_REGISTRY_OPTIONS } from './common-flags.js';
 import { describeError, ExitCodes, exitCodeFor } from './exit-codes.js';
-import { formatBytes, formatDuration, parseSize } from './format.js';
+import { HOSTS_USAGE, hostsTomlCommand } from './hosts-command.js';
 import { ProgressView } from './progress.js';
+import { SERVE_USAGE, serveCommand } from './serve-command.js';
 
 const USAGE = `Usage: kube-prewarm <command> [options]
 

@@ -1,6 +1,6 @@
 import cliProgress from 'cli-progress';
 import type { WarmProgress } from '../fetch/image-warmer.js';
-import { formatBytes, formatDuration } from './format.js';
+import { formatBytes, formatDuration } from '../util/format.js';
 
 /**
  * Renders warm progress: on a TTY a multi-bar (total + one bar per blob in flight, with

@@ -8,8 +8,8 @@ import { EgressPolicy, PUBLIC_REGISTRIES } from '../../../oci/src/egress-policy.
 import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
 import { formatPlatform, hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
 import { isValidRegistryHost } from '../../../oci/src/reference.js';
-import { parseSize } from '../cli/format.js';
 import type { ScanVerify } from '../store/store-scan.js';
+import { parseSize } from '../util/format.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 

@@ -17,8 +17,8 @@ import {
   type ProbeOptions,
   probeEstargz,
   type RangeReader,
-  verifyStartupRegion,
 } from './estargz.js';
+import { verifyStartupRegion } from './estargz-verify.js';
 import type { Fetcher, FetchOptions } from './fetcher.js';
 import type { BlobSource, BlobTarget } from './sources.js';
 

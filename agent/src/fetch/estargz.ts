@@ -19,8 +19,7 @@ import { MediaTypes } from '../../../oci/src/media-types.js';
 import type { ByteRange } from '../store/ranges.js';
 import { cleanName, cString, paxPath, tarChecksumOk, tarName, tarNumber } from './tar-header.js';
 
-// Startup-region verification lives in its own module; re-exported here, where callers find it.
-export { type StartupCheck, verifyStartupRegion } from './estargz-verify.js';
+// Startup-region verification is ./estargz-verify.ts (not re-exported: it imports this module).
 
 const gunzipP = promisify(gunzip);
 

@@ -29,13 +29,8 @@ import type { CredentialProvider } from '../../../oci/src/auth.js';
 import type { PrewarmOwnerRef } from '../../../oci/src/job-contract.js';
 import { PULL_CREDENTIALS_ANNOTATIONS, PULL_CREDENTIALS_LABEL } from '../../../oci/src/kube-secret.js';
 import type { Logger } from '../logger.js';
-import {
-  type JobObservation,
-  type JobSettings,
-  jobNode,
-  jobSettings,
-  type UpdateJob,
-} from '../reconcile/plan.js';
+import { type JobObservation, type JobSettings, jobSettings } from '../queue/types.js';
+import { jobNode, type UpdateJob } from '../reconcile/plan.js';
 
 /** A Secret of the credentials namespace as the operator lists it. */
 export interface ManagedSecret {

@@ -12,8 +12,8 @@ import {
 import { readSecretData, type SecretData } from '../../../oci/src/kube-secret.js';
 import { GROUP, type ImagePrewarm, PLURAL, VERSION } from '../api/types.js';
 import type { ManagedSecret, NewManagedSecret } from '../credentials/pull-credentials.js';
-import { type NodeView, nodeView } from '../reconcile/nodes.js';
 import { type ListPage, ListWatchCache, type ListWatchLogger } from './list-watch.js';
+import { type NodeView, nodeView } from './node-view.js';
 import { apiStatus, type KubePort } from './port.js';
 
 export interface ClientNodePortOptions {

@@ -6,7 +6,7 @@
 import type { V1Lease, V1Node, V1Taint } from '@kubernetes/client-node';
 import type { ImagePrewarm } from '../api/types.js';
 import type { ManagedSecret, NewManagedSecret } from '../credentials/pull-credentials.js';
-import { type NodeView, nodeView } from '../reconcile/nodes.js';
+import { type NodeView, nodeView } from './node-view.js';
 import type { KubePort, WatchedCache } from './port.js';
 
 class ApiStatusError extends Error {

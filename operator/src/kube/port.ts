@@ -7,7 +7,7 @@ import type { V1Lease, V1Taint } from '@kubernetes/client-node';
 import { kubeApiStatus, type SecretData } from '../../../oci/src/kube-secret.js';
 import type { ImagePrewarm } from '../api/types.js';
 import type { CredentialSecretsPort } from '../credentials/pull-credentials.js';
-import type { NodeView } from '../reconcile/nodes.js';
+import type { NodeView } from './node-view.js';
 
 /** A watched, cached collection (an informer). */
 export interface WatchedCache<T> {

@@ -9,14 +9,8 @@ import {
   type PrewarmOwnerRef,
   QUEUE_PREFIX,
 } from '../../../oci/src/job-contract.js';
-import {
-  type EnqueueJob,
-  type JobObservation,
-  type JobRef,
-  type JobSettings,
-  jobSettings,
-} from '../reconcile/plan.js';
 import { type JobQueue, ownersOf, type UnpinOutcome } from './job-queue.js';
+import { type EnqueueJob, type JobObservation, type JobRef, type JobSettings, jobSettings } from './types.js';
 
 export interface BullJobQueueOptions {
   /** Attempts per job before it counts as failed (the agent retries transient errors itself too). Default 3. */

@@ -9,7 +9,7 @@
  * of pinned digests.
  */
 import type { PrewarmJobData, PrewarmOwnerRef } from '../../../oci/src/job-contract.js';
-import type { EnqueueJob, JobObservation, JobRef, JobSettings } from '../reconcile/plan.js';
+import type { EnqueueJob, JobObservation, JobRef, JobSettings } from './types.js';
 
 /** What `unpin` did. */
 export type UnpinOutcome = 'removed' | 'owner-dropped' | 'active-orphan' | 'missing';

@@ -6,7 +6,7 @@
  */
 import type { Redis } from 'ioredis';
 import { QUEUE_PREFIX } from '../../../oci/src/job-contract.js';
-import type { PushEventLike } from '../reconcile/push-match.js';
+import type { PushEventLike } from './types.js';
 
 export interface PushInboxOptions {
   /** Stream key. Default `kprw:operator:push-events`. */

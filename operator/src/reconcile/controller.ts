@@ -37,22 +37,17 @@ import {
   type PullCredentialIssuer,
   repointJobs,
 } from '../credentials/pull-credentials.js';
+import { isStartupTaint, type NodeView } from '../kube/node-view.js';
 import { apiStatus, type KubePort } from '../kube/port.js';
 import { errFields, type Logger } from '../logger.js';
 import type { OperatorMetrics } from '../metrics.js';
 import type { JobQueue } from '../queue/job-queue.js';
+import type { JobRef, PushEventLike } from '../queue/types.js';
 import type { Credentials, Resolver } from '../resolve/resolver.js';
 import { DEFAULT_MAX_GATE_DEADLINE_MS, type GateState, gateDecision } from './gate.js';
-import { exclusion, isStartupTaint, type NodeView, selectNodes } from './nodes.js';
-import {
-  type JobRef,
-  jobRefsToObserve,
-  type NodeWarmth,
-  type PlanOptions,
-  plan,
-  type ResolvedImage,
-} from './plan.js';
-import { matchPush, type PushEventLike } from './push-match.js';
+import { exclusion, selectNodes } from './nodes.js';
+import { jobRefsToObserve, type NodeWarmth, type PlanOptions, plan, type ResolvedImage } from './plan.js';
+import { matchPush } from './push-match.js';
 import { advance, pinnedDigests } from './retention.js';
 import { evaluateSchedule } from './schedule.js';
 import {

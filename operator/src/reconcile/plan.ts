@@ -10,8 +10,6 @@ import { type Digest, digestHex } from '../../../oci/src/digest.js';
 import {
   JOB_SCHEMA_VERSION,
   type PrewarmJobData,
-  type PrewarmJobProgress,
-  type PrewarmJobResult,
   type PrewarmMode,
   type PrewarmOwnerRef,
   type PrewarmPhase,
@@ -30,50 +28,19 @@ import type {
   ImageStatus,
   TriggerRecord,
 } from '../api/types.js';
+import type { NodeView } from '../kube/node-view.js';
 import { parseQuantity } from '../quantity.js';
+import {
+  type EnqueueJob,
+  type JobObservation,
+  type JobRef,
+  type JobSettings,
+  jobSettings,
+} from '../queue/types.js';
 import { gateDeadlineMs } from './gate.js';
-import { type NodeView, platformAllowed, selectNodes } from './nodes.js';
+import { platformAllowed, selectNodes } from './nodes.js';
 
 export { parseQuantity };
-
-/** What the operator knows about one job (absent from the map: no such job). */
-export interface JobObservation {
-  /** `pending` = waiting, delayed or prioritized; `active` = an agent holds it. */
-  state: 'pending' | 'active' | 'completed' | 'failed';
-  owners: PrewarmOwnerRef[];
-  progress?: PrewarmJobProgress;
-  result?: PrewarmJobResult;
-  failedReason?: string;
-  /** ms epoch when the job completed or finally failed. */
-  finishedOn?: number;
-  /** The job data's `triggeredAt`. */
-  triggeredAt?: number;
-  /** The job data's `trigger` (`spec`, `push:<source>`, `schedule`, `node-join`, ...). */
-  trigger?: string;
-  /** The job data's spec-derived settings (undefined: not read). */
-  settings?: JobSettings;
-  /** Completed jobs: times the runtime lost the image and the agent re-imported it (progress `evictions`). */
-  evictions?: number;
-}
-
-/** The parts of a job's data that follow the spec after enqueueing (while it is pending). */
-export type JobSettings = Pick<PrewarmJobData, 'bandwidthBytesPerSec' | 'startupPaths' | 'pullSecrets'>;
-
-/** The settings of `data`, with absent and empty fields omitted (a canonical form). */
-export function jobSettings(data: Partial<PrewarmJobData> | undefined): JobSettings {
-  const bw = data?.bandwidthBytesPerSec;
-  const paths = Array.isArray(data?.startupPaths)
-    ? data.startupPaths.filter((p) => typeof p === 'string')
-    : [];
-  const secrets = Array.isArray(data?.pullSecrets)
-    ? data.pullSecrets.filter((p) => typeof p === 'string')
-    : [];
-  return {
-    ...(typeof bw === 'number' && bw > 0 ? { bandwidthBytesPerSec: bw } : {}),
-    ...(paths.length > 0 ? { startupPaths: paths } : {}),
-    ...(secrets.length > 0 ? { pullSecrets: secrets } : {}),
-  };
-}
 
 /** One spec image entry after resolution (same order as `spec.images`). */
 export interface ResolvedImage {
@@ -149,15 +116,6 @@ export interface PlanOptions {
   pullSecrets?: string[];
   /** Operator-wide cap on `startup.gateDeadlineSeconds`, ms. Default 1 h. */
   maxGateDeadlineMs?: number;
-}
-
-export interface JobRef {
-  node: string;
-  jobId: string;
-}
-
-export interface EnqueueJob extends JobRef {
-  data: PrewarmJobData;
 }
 
 /** A pending job whose spec-derived settings are to be replaced. */

@@ -7,18 +7,7 @@
 import { isDigest } from '../../../oci/src/digest.js';
 import { parseReference } from '../../../oci/src/reference.js';
 import type { ImagePrewarm, ImageSpec } from '../api/types.js';
-
-/** The parts of a webhook PushEvent matching needs (operator/src/webhooks/push-event.ts). */
-export interface PushEventLike {
-  registry: string;
-  repository: string;
-  tag?: string;
-  digest?: string;
-  source: string;
-  timestamp?: string;
-  receivedAt?: string;
-  eventId?: string;
-}
+import type { PushEventLike } from '../queue/types.js';
 
 /** Shell-style glob over a tag: `*` any run, `?` one character; everything else literal. */
 export function globToRegExp(glob: string): RegExp {

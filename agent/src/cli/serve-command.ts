@@ -4,12 +4,12 @@ import { RegistryClient } from '../../../oci/src/client.js';
 import { EgressPolicy } from '../../../oci/src/egress-policy.js';
 import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import { hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
-import { openStoreFromFlags, STORE_REGISTRY_OPTIONS } from '../cli/common-flags.js';
-import { describeError, ExitCodes, exitCodeFor } from '../cli/exit-codes.js';
-import { parseSize } from '../cli/format.js';
 import { BlobFetcher } from '../fetch/blob-fetcher.js';
-import { Mirror } from './mirror.js';
-import type { TagPolicy } from './mirror-options.js';
+import { Mirror } from '../mirror/mirror.js';
+import type { TagPolicy } from '../mirror/mirror-options.js';
+import { parseSize } from '../util/format.js';
+import { openStoreFromFlags, STORE_REGISTRY_OPTIONS } from './common-flags.js';
+import { describeError, ExitCodes, exitCodeFor } from './exit-codes.js';
 
 export const SERVE_USAGE = `serve options (kube-prewarm serve --store <dir> --listen <host:port>):
   --store <dir>              Store directory (default: ./.prewarm-store)

@@ -1,4 +1,4 @@
-/** Human-readable sizes and rates for the CLI (binary units, like `du -h`). */
+/** Human-readable sizes and durations, and size parsing (binary units, like `du -h`): shared by the CLI and the daemon. */
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let v = n;

@@ -11,9 +11,9 @@ import { parseArgs } from 'node:util';
 import pino, { type Logger } from 'pino';
 import { ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
 import { isValidRegistryHost, registryEndpointHost } from '../../../oci/src/reference.js';
-import { describeError, ExitCodes } from '../cli/exit-codes.js';
-import { HostsTomlInstaller } from './hosts-installer.js';
-import { DEFAULT_NAMESPACE, type HostsEntry } from './hosts-toml.js';
+import { HostsTomlInstaller } from '../runtime/hosts-installer.js';
+import { DEFAULT_NAMESPACE, type HostsEntry } from '../runtime/hosts-toml.js';
+import { describeError, ExitCodes } from './exit-codes.js';
 
 export const HOSTS_USAGE = `hosts-toml (kube-prewarm hosts-toml <install|uninstall|run> [options]):
   install                    Write one hosts.toml per registry pointing at the mirror, once
