@@ -115,3 +115,9 @@ export interface PrewarmJobResult {
 export function formatFailure(code: string, message: string): string {
   return `${code}: ${message}`;
 }
+
+/** The inverse of `formatFailure`: undefined when `reason` does not start with a PW_ERR_ code. */
+export function parseFailure(reason: string): { code: string; message: string } | undefined {
+  const m = /^(PW_ERR_[A-Z_]+):\s*(.*)$/s.exec(reason);
+  return m ? { code: m[1]!, message: m[2]! } : undefined;
+}

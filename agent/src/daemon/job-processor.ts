@@ -2,7 +2,11 @@ import type { Logger } from 'pino';
 import type { Digest } from '../../../oci/src/digest.js';
 import type { EgressPolicy } from '../../../oci/src/egress-policy.js';
 import { type ErrorCode, ErrorCodes, isPrewarmError, PrewarmError } from '../../../oci/src/errors.js';
-import type { PrewarmJobProgress, PrewarmJobResult } from '../../../oci/src/job-contract.js';
+import {
+  formatFailure,
+  type PrewarmJobProgress,
+  type PrewarmJobResult,
+} from '../../../oci/src/job-contract.js';
 import type { ImageWarmer, WarmProgress, WarmResult } from '../fetch/image-warmer.js';
 import type { PeerDirectory } from '../fetch/peer-directory.js';
 import type { MirrorRoute } from '../runtime/mirror-route.js';
@@ -43,12 +47,15 @@ const PERMANENT: ReadonlySet<string> = new Set<ErrorCode>([
  */
 export class JobFailure extends Error {
   readonly code: string;
+  /** The message without the code. */
+  readonly detail: string;
   readonly permanent: boolean;
 
   constructor(code: string, message: string, permanent: boolean, cause?: unknown) {
-    super(`${code}: ${message}`, cause === undefined ? undefined : { cause });
+    super(formatFailure(code, message), cause === undefined ? undefined : { cause });
     this.name = 'JobFailure';
     this.code = code;
+    this.detail = message;
     this.permanent = permanent;
   }
 }
@@ -154,7 +161,7 @@ export class PrewarmProcessor {
       return parseJobData(raw, this.#opts.node, this.#opts.defaultPlatform);
     } catch (err) {
       const f = classifyFailure(err);
-      throw new JobFailure(f.code, f.message.slice(f.code.length + 2), true, err);
+      throw new JobFailure(f.code, f.detail, true, err);
     }
   }
 

@@ -13,9 +13,10 @@ import {
   type PrewarmMode,
   type PrewarmOwnerRef,
   type PrewarmPhase,
+  parseFailure,
   prewarmJobId,
 } from '../../../oci/src/job-contract.js';
-import { formatPlatform } from '../../../oci/src/platform.js';
+import { formatPlatform, parsePlatform, platformMatches } from '../../../oci/src/platform.js';
 import type {
   Condition,
   ConditionStatus,
@@ -184,8 +185,8 @@ export function jobRefsToObserve(
 /** `PW_ERR_X: message` (the agent's `formatFailure`) → reason and message. */
 export function splitFailure(failedReason: string | undefined): { reason: string; message: string } {
   const text = failedReason ?? 'unknown failure';
-  const m = /^(PW_ERR_[A-Z_]+):\s*(.*)$/s.exec(text);
-  if (m) return { reason: m[1]!, message: m[2]!.slice(0, 1024) };
+  const f = parseFailure(text);
+  if (f) return { reason: f.code, message: f.message.slice(0, 1024) };
   return { reason: 'JobFailed', message: text.slice(0, 1024) };
 }
 
@@ -695,11 +696,11 @@ export function plan(input: PlanInput): Plan {
 /** Whether an index platform string serves a node platform string (arm64 variant folding). */
 function platformOffered(offered: string, node: string): boolean {
   if (offered === node) return true;
-  const [oo, oa, ov] = offered.split('/');
-  const [no, na, nv] = node.split('/');
-  if (oo !== no || oa !== na) return false;
-  if (oa === 'arm64') return (ov ?? 'v8') === (nv ?? 'v8');
-  return ov === undefined || nv === undefined || ov === nv;
+  try {
+    return platformMatches(parsePlatform(offered), parsePlatform(node), false);
+  } catch {
+    return false;
+  }
 }
 
 /** The node part of a job id (`<hex>.<node>.<mode>`; node names may contain dots). */
