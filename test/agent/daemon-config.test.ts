@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { AGENT_SETTINGS, loadConfig, parseDuration, redactConfig } from '../../agent/src/daemon/config.js';
+import { AGENT_SETTINGS, loadConfig, redactConfig } from '../../agent/src/daemon/config.js';
+import { parseDuration } from '../../agent/src/util/format.js';
 import { isPrewarmError } from '../../oci/src/errors.js';
 
 function problems(env: Record<string, string>): string[] {

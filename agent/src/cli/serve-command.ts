@@ -7,7 +7,7 @@ import { hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
 import { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { Mirror } from '../mirror/mirror.js';
 import type { TagPolicy } from '../mirror/mirror-options.js';
-import { parseSize } from '../util/format.js';
+import { parseDuration, parseSize } from '../util/format.js';
 import { openStoreFromFlags, STORE_REGISTRY_OPTIONS } from './common-flags.js';
 import { describeError, ExitCodes, exitCodeFor } from './exit-codes.js';
 
@@ -34,12 +34,13 @@ export const SERVE_USAGE = `serve options (kube-prewarm serve --store <dir> --li
 Prints {"listening":"<host:port>"} on stdout once bound; SIGTERM/SIGINT close it gracefully.
 `;
 
-/** Parses `250ms`, `2s`, `1m`, or plain milliseconds. */
-export function parseDuration(s: string, name: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s.trim());
-  if (!m) throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `${name}: invalid duration ${JSON.stringify(s)}`);
-  const mult = m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 1;
-  return Math.round(Number(m[1]) * mult);
+/** A duration flag (`250ms`, `2s`, `1m`, `1h`, or plain milliseconds) as PW_ERR_INVALID_CONFIG when bad. */
+function durationFlag(s: string, name: string): number {
+  try {
+    return parseDuration(s);
+  } catch (err) {
+    throw new PrewarmError(ErrorCodes.INVALID_CONFIG, `${name}: ${(err as Error).message}`);
+  }
 }
 
 /**
@@ -108,11 +109,11 @@ export async function serveCommand(argv: string[]): Promise<number> {
         listen: values.listen ?? '127.0.0.1:5055',
         tagPolicy: policy as TagPolicy,
         resolveTimeoutMs: values['resolve-timeout']
-          ? parseDuration(values['resolve-timeout'], '--resolve-timeout')
+          ? durationFlag(values['resolve-timeout'], '--resolve-timeout')
           : undefined,
-        deadlineMs: values.deadline ? parseDuration(values.deadline, '--deadline') : undefined,
+        deadlineMs: values.deadline ? durationFlag(values.deadline, '--deadline') : undefined,
         stallTimeoutMs: values['stall-timeout']
-          ? parseDuration(values['stall-timeout'], '--stall-timeout')
+          ? durationFlag(values['stall-timeout'], '--stall-timeout')
           : undefined,
         defaultRegistry: values['default-registry'],
         platforms: [values.platform ? parsePlatform(values.platform) : hostPlatform()],

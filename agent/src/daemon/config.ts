@@ -9,7 +9,7 @@ import { ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
 import { formatPlatform, hostPlatform, parsePlatform } from '../../../oci/src/platform.js';
 import { isValidRegistryHost } from '../../../oci/src/reference.js';
 import type { ScanVerify } from '../store/store-scan.js';
-import { parseSize } from '../util/format.js';
+import { parseDuration, parseSize } from '../util/format.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -62,14 +62,6 @@ function bool(raw: string): boolean {
   if (/^(1|true|yes|on)$/i.test(raw)) return true;
   if (/^(0|false|no|off)$/i.test(raw)) return false;
   throw new Error('must be true or false');
-}
-
-/** Parses `500ms`, `30s`, `5m`, `24h`, or a plain number of milliseconds. */
-export function parseDuration(raw: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(raw.trim());
-  if (!m) throw new Error(`invalid duration ${JSON.stringify(raw)} (examples: 500ms, 30s, 5m, 24h)`);
-  const mult: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-  return Math.round(Number(m[1]) * (mult[m[2] ?? 'ms'] ?? 1));
 }
 
 function duration(min: number) {

@@ -24,3 +24,11 @@ export function parseSize(s: string): number {
   const mult: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
   return Math.round(Number(m[1]) * (mult[(m[2] ?? '').toLowerCase()] ?? 1));
 }
+
+/** Parses `500ms`, `30s`, `5m`, `24h`, or a plain number of milliseconds; throws on anything else. */
+export function parseDuration(raw: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(raw.trim());
+  if (!m) throw new Error(`invalid duration ${JSON.stringify(raw)} (examples: 500ms, 30s, 5m, 24h)`);
+  const mult: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+  return Math.round(Number(m[1]) * (mult[m[2] ?? 'ms'] ?? 1));
+}
