@@ -13,12 +13,11 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type KubeConfig, Watch } from '@kubernetes/client-node';
+import type { Logger } from '../logger.js';
 import type { WatchedCache } from './port.js';
 
-export interface ListWatchLogger {
-  warn(obj: Record<string, unknown>, msg: string): void;
-  debug(obj: Record<string, unknown>, msg: string): void;
-}
+/** What a cache logs with: the operator's Logger, or anything with its warn and debug. */
+export type ListWatchLogger = Pick<Logger, 'warn' | 'debug'>;
 
 export interface ListPage<T> {
   items: T[];

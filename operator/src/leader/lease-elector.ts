@@ -13,11 +13,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type V1Lease, V1MicroTime } from '@kubernetes/client-node';
 import { apiStatus, type KubePort } from '../kube/port.js';
+import type { Logger } from '../logger.js';
 
-export interface ElectorLogger {
-  info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-}
+/** What the elector logs with: the operator's Logger, or anything with its info and warn. */
+export type ElectorLogger = Pick<Logger, 'info' | 'warn'>;
 
 export interface LeaseElectorOptions {
   namespace: string;
