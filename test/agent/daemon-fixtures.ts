@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import pino from 'pino';
 import { AgentDaemon } from '../../agent/src/daemon/agent.js';
 import { type AgentConfig, loadConfig } from '../../agent/src/daemon/config.js';
-import type { RuntimeImageService } from '../../agent/src/daemon/runtime-port.js';
+import type { RuntimeImageService } from '../../agent/src/runtime/runtime-port.js';
 import type { Digest } from '../../oci/src/digest.js';
 import {
   nodeQueueName,

@@ -16,7 +16,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
-import { RedisPinSource } from '../../agent/src/daemon/redis-pins.js';
+import { RedisPinSource } from '../../agent/src/store/redis-pins.js';
 import type { Digest } from '../../oci/src/digest.js';
 import { CLUSTER_NET } from '../harness/cluster.js';
 import { pushImage } from '../harness/images.js';

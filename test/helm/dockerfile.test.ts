@@ -69,7 +69,7 @@ describe('Dockerfile', () => {
       });
       for (const p of [
         'agent/src/runtime/cri.proto',
-        'agent/src/daemon/containerd-events.proto',
+        'agent/src/runtime/containerd-events.proto',
         'package.json',
         'bin/kube-prewarm.js',
         'dist/agent/src/cli/main.js',

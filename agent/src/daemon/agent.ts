@@ -14,15 +14,17 @@ import { RedisPeerDirectory } from '../fetch/peer-directory.js';
 import type { BlobTarget } from '../fetch/sources.js';
 import { Mirror } from '../mirror/mirror.js';
 import { PeerServer, readPeerTokens } from '../mirror/peer-server.js';
+import { ContainerdImageEvents } from '../runtime/containerd-events.js';
 import { CriImageService } from '../runtime/cri-image-service.js';
 import { MirrorRoute } from '../runtime/mirror-route.js';
+import type { RuntimeImageService } from '../runtime/runtime-port.js';
 import { FsBlobStore } from '../store/fs-store.js';
 import { GarbageCollector, type GcReport } from '../store/gc.js';
 import { LeaseSet } from '../store/leases.js';
+import { RedisPinSource } from '../store/redis-pins.js';
 import { scanStore } from '../store/store-scan.js';
 import { blobMetering } from './blob-metering.js';
 import { type AgentConfig, defaultPlatform, egressPolicy, redactConfig } from './config.js';
-import { ContainerdImageEvents } from './containerd-events.js';
 import { GatedFetcher } from './gated-fetcher.js';
 import { HealthServer } from './health-server.js';
 import { type JobWarmer, PrewarmProcessor } from './job-processor.js';
@@ -36,8 +38,6 @@ import {
   type SecretReader,
 } from './pull-secrets.js';
 import { redisOptionsFromUrl } from './redis-options.js';
-import { RedisPinSource } from './redis-pins.js';
-import type { RuntimeImageService } from './runtime-port.js';
 import { WarmKeeper } from './warm-keeper.js';
 
 export interface AgentDaemonDeps {

@@ -10,6 +10,7 @@ import {
 import type { ImageWarmer, WarmProgress, WarmResult } from '../fetch/image-warmer.js';
 import type { PeerDirectory } from '../fetch/peer-directory.js';
 import type { MirrorRoute } from '../runtime/mirror-route.js';
+import type { RuntimeImageService } from '../runtime/runtime-port.js';
 import { type UnpackResult, unpackImage } from '../runtime/unpack.js';
 import type { BlobStore, ImageRecord } from '../store/blob-store.js';
 import type { BlobWant, GarbageCollector, GcReport, Reservation } from '../store/gc.js';
@@ -19,7 +20,6 @@ import { type ParsedJob, parseJobData, storedProgress } from './job-data.js';
 import type { AgentMetrics } from './metrics.js';
 import { ProgressReporter } from './progress-reporter.js';
 import type { PullSecretJob } from './pull-secrets.js';
-import type { RuntimeImageService } from './runtime-port.js';
 
 /** Code for failures that are not PrewarmErrors (bugs, unexpected library errors). */
 export const INTERNAL_ERROR_CODE = 'PW_ERR_INTERNAL';

@@ -3,13 +3,13 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { PrewarmJobProgress } from '../../../oci/src/job-contract.js';
 import { formatPlatform } from '../../../oci/src/platform.js';
+import type { RuntimeImageService } from '../runtime/runtime-port.js';
 import type { BlobStore } from '../store/blob-store.js';
 import type { LeaseSet } from '../store/leases.js';
+import { readNodeJobs } from '../store/redis-pins.js';
 import { storedProgress } from './job-data.js';
 import type { PrewarmProcessor } from './job-processor.js';
 import type { AgentMetrics } from './metrics.js';
-import { readNodeJobs } from './redis-pins.js';
-import type { RuntimeImageService } from './runtime-port.js';
 
 export interface WarmKeeperOptions {
   node: string;

@@ -5,7 +5,7 @@ import type { BlobStore, ImageRecord } from './blob-store.js';
 /**
  * Where the garbage collector learns which top-level digests (an index or an image
  * manifest, as named in a prewarm job) this node must keep. The source of truth lives
- * outside the store (the operator's jobs in Redis, see daemon/redis-pins.ts); an
+ * outside the store (the operator's jobs in Redis, see store/redis-pins.ts); an
  * in-memory implementation serves tests and tools.
  */
 export interface PinSource {

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { type Digest, isDigest } from '../../../oci/src/digest.js';
 import { nodeQueueName, QUEUE_PREFIX } from '../../../oci/src/job-contract.js';
-import type { PinSource } from '../store/pins.js';
+import type { PinSource } from './pins.js';
 
 /** A job as the pin source and the re-check read it from its hash. */
 export interface StoredJob {

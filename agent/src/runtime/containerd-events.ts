@@ -26,8 +26,8 @@ interface WireEnvelope {
 function protoPath(): string {
   const here = fileURLToPath(new URL('./containerd-events.proto', import.meta.url));
   if (existsSync(here)) return here;
-  // tsc does not copy .proto files: dist/agent/src/daemon/ → <package root>/agent/src/daemon/.
-  return fileURLToPath(new URL('../../../../agent/src/daemon/containerd-events.proto', import.meta.url));
+  // tsc does not copy .proto files: dist/agent/src/runtime/ → <package root>/agent/src/runtime/.
+  return fileURLToPath(new URL('../../../../agent/src/runtime/containerd-events.proto', import.meta.url));
 }
 
 /**
