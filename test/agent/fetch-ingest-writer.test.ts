@@ -28,6 +28,7 @@ function memoryIngest(size: number): MemoryIngest {
     size,
     durable: new RangeSet(),
     dataPath: '/nonexistent',
+    writeAlignment: ALIGN,
     data: Buffer.alloc(size),
     writes: [],
     records: [],

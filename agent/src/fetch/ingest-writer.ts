@@ -1,7 +1,7 @@
 import type { Ingest } from '../store/blob-store.js';
 // The store does not expose its direct-I/O alignment through `Ingest`; this module is the
 // one place in fetch/ that knows it (see `RangeWriter.#flushOnce`).
-import { ALIGN, dropBytes, takeBytes } from '../store/direct-io.js';
+import { dropBytes, takeBytes } from '../util/buffers.js';
 
 export interface RangeWriterOptions {
   /** Bytes gathered before one vectored write (BlobFetcherOptions.writeBatchBytes). */
@@ -69,7 +69,7 @@ export class RangeWriter {
 
   /**
    * Writes the batch: all of it when `final` (the range's end, or giving up), else up to the
-   * last ALIGN boundary. Rejects with the write's (or a hook's) error.
+   * last `writeAlignment` boundary. Rejects with the write's (or a hook's) error.
    */
   flush(final: boolean): Promise<void> {
     const p = this.#flushing.then(() => this.#flushOnce(final));
@@ -81,9 +81,10 @@ export class RangeWriter {
     if (this.#batchBytes === 0) return;
     let n = this.#batchBytes;
     if (!final) {
-      // Only up to the last ALIGN boundary, so the store can write it with direct I/O; the
+      // Only up to the last `writeAlignment` boundary, so the store can write it with direct I/O; the
       // rest waits for the next batch.
-      const cut = Math.floor((this.#batchStart + this.#batchBytes) / ALIGN) * ALIGN - this.#batchStart;
+      const align = this.#ingest.writeAlignment;
+      const cut = Math.floor((this.#batchStart + this.#batchBytes) / align) * align - this.#batchStart;
       if (cut > 0) n = cut;
     }
     const start = this.#batchStart;

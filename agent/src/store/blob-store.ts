@@ -40,6 +40,11 @@ export interface Ingest {
   readonly durable: RangeSet;
   /** Path of the data file (readers of an in-flight download read it directly). */
   readonly dataPath: string;
+  /**
+   * Writes that start and end on multiples of this many bytes go fastest (direct I/O);
+   * writers batch to it. 1: no preference.
+   */
+  readonly writeAlignment: number;
   /** Writes buffers contiguously at `position` (one syscall for many buffers). */
   write(buffers: readonly Buffer[], position: number): Promise<void>;
   /** Reads `length` bytes at `position` from the data file. */

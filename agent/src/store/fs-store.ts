@@ -15,16 +15,9 @@ import {
 import { join } from 'node:path';
 import { type Digest, digestHex, isDigest, parseDigest, sha256 } from '../../../oci/src/digest.js';
 import { classifyFsError, ErrorCodes, PrewarmError } from '../../../oci/src/errors.js';
+import { dropBytes, takeBytes } from '../util/buffers.js';
 import type { BlobInfo, BlobStore, ImageRecord, Ingest } from './blob-store.js';
-import {
-  AlignedPool,
-  dropBytes,
-  openDirect,
-  readDirect,
-  splitAligned,
-  takeBytes,
-  writeDirect,
-} from './direct-io.js';
+import { ALIGN, AlignedPool, openDirect, readDirect, splitAligned, writeDirect } from './direct-io.js';
 import { RangeSet } from './ranges.js';
 
 export interface FsBlobStoreOptions {
@@ -293,6 +286,8 @@ export class FsBlobStore implements BlobStore {
 }
 
 class FsIngest implements Ingest {
+  /** Direct I/O's block size; buffered writes do not mind, and batches stay the same. */
+  readonly writeAlignment = ALIGN;
   readonly durable: RangeSet;
   readonly dataPath: string;
   #closed = false;
