@@ -62,7 +62,11 @@ async function quiet(args: string[]): Promise<void> {
 
 /** Removes what an earlier, killed test run may have left: node namespaces and the bridge. */
 export async function removeStaleClusterNet(maxNodes = 8): Promise<void> {
-  for (let i = 1; i <= maxNodes; i++) await quiet(['netns', 'delete', CLUSTER_NET.netns(i)]);
+  for (let i = 1; i <= maxNodes; i++) {
+    await quiet(['netns', 'delete', CLUSTER_NET.netns(i)]);
+    // A namespace a leftover process still holds outlives its name, and its veth with it.
+    await quiet(['link', 'delete', `kp${CLUSTER_NET.id}n${i}h`]);
+  }
   await quiet(['link', 'delete', CLUSTER_NET.bridge]);
 }
 
